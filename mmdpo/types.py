@@ -97,7 +97,9 @@ class TokenizedPair:
 
     @property
     def num_tokens(self) -> int:
-        prompt_r = self.rejected_prompt_ids if self.rejected_prompt_ids is not None else self.prompt_ids
+        prompt_r = (
+            self.rejected_prompt_ids if self.rejected_prompt_ids is not None else self.prompt_ids
+        )
         return len(self.prompt_ids) + len(self.chosen_ids) + len(prompt_r) + len(self.rejected_ids)
 
 

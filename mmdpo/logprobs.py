@@ -1,0 +1,161 @@
+"""Per-token and per-sequence log-probs from logits, chunked so that the full fp32
+(N, T, V) log-softmax is never held in memory at once, in the forward or the backward pass.
+
+Alignment (the one convention of this module): ``logits[:, t]`` is the model's prediction for
+the token at position ``t + 1``. ``labels[:, t]`` and ``loss_mask[:, t]`` describe the token AT
+position ``t`` (the same layout as ``PreferenceBatch.input_ids`` and ``loss_mask``), so the
+log-prob of token ``t`` comes from ``logits[:, t - 1]``. Position 0 has no prediction and is
+never a target, whatever ``loss_mask[:, 0]`` says. The shift happens inside; callers pass the
+model's logits and the batch's ids and mask unshifted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_CHUNK_SIZE = 1024  # target positions per chunk: 1024 x V x 4 bytes of fp32 at a time
+
+
+@dataclass
+class SequenceLogps:
+    """Log-probs of the target tokens of each sequence.
+
+    Attributes:
+        logps: what the loss consumes: ``mean_logps`` when averaged, else ``sum_logps``.
+            Shape: (N,)
+        sum_logps: sum of the target tokens' log-probs. Shape: (N,)
+        mean_logps: ``sum_logps / token_counts`` (0 for a row without targets). Shape: (N,)
+        token_counts: number of target tokens per row, as float. Shape: (N,)
+        token_logps: log-prob of each token from the previous position's logits, 0 where the
+            token is no target (and at position 0). Shape: (N, T)
+    """
+
+    logps: torch.Tensor
+    sum_logps: torch.Tensor
+    mean_logps: torch.Tensor
+    token_counts: torch.Tensor
+    token_logps: torch.Tensor
+
+
+class _ChunkedTargetLogps(torch.autograd.Function):
+    """log_softmax(rows.float()).gather(targets) for selected rows of a (M, V) logits matrix.
+
+    Forward and backward each upcast at most ``chunk_size`` rows to fp32 at a time; only the
+    fp32 logsumexp per selected row is saved, never a softmax.
+    """
+
+    @staticmethod
+    def forward(ctx, flat_logits, row_index, targets, chunk_size):
+        # flat_logits: (M, V); row_index, targets: (K,) -> (K,) fp32 log-probs
+        out = torch.empty(row_index.shape[0], dtype=torch.float32, device=flat_logits.device)
+        lse = torch.empty_like(out)
+        for start in range(0, row_index.shape[0], chunk_size):
+            rows = flat_logits.index_select(0, row_index[start : start + chunk_size]).float()
+            chunk_targets = targets[start : start + chunk_size]
+            chunk_lse = torch.logsumexp(rows, dim=-1)
+            lse[start : start + chunk_size] = chunk_lse
+            out[start : start + chunk_size] = (
+                rows.gather(1, chunk_targets.unsqueeze(1)).squeeze(1) - chunk_lse
+            )
+        ctx.save_for_backward(flat_logits, row_index, targets, lse)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        flat_logits, row_index, targets, lse = ctx.saved_tensors
+        chunk_size = ctx.chunk_size
+        grad = torch.zeros_like(flat_logits)
+        for start in range(0, row_index.shape[0], chunk_size):
+            index = row_index[start : start + chunk_size]
+            rows = flat_logits.index_select(0, index).float()
+            # d/dx [x_y - logsumexp(x)] = onehot(y) - softmax(x)
+            chunk_grad = torch.exp(rows - lse[start : start + chunk_size, None]).neg_()
+            chunk_grad.scatter_add_(
+                1,
+                targets[start : start + chunk_size, None],
+                torch.ones_like(chunk_grad[:, :1]),
+            )
+            chunk_grad.mul_(grad_out[start : start + chunk_size, None])
+            grad.index_copy_(0, index, chunk_grad.to(grad.dtype))
+        return grad, None, None, None
+
+
+def token_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """Log-prob of each target token under the previous position's logits.
+
+    Args:
+        logits: model output, any float dtype. Shape: (N, T, V)
+        labels: token ids, unshifted (usually ``input_ids``); values at non-target positions
+            are ignored (may be -100). Shape: (N, T)
+        loss_mask: True where the token at that position is a target. Shape: (N, T)
+        chunk_size: target positions upcast to fp32 at a time.
+
+    Returns:
+        fp32 log-probs, 0 at non-targets and at position 0; differentiable w.r.t. ``logits``.
+        Shape: (N, T)
+    """
+    if logits.dim() != 3 or labels.shape != logits.shape[:2] or loss_mask.shape != labels.shape:
+        raise ValueError(
+            f"expected logits (N, T, V) with labels and loss_mask (N, T); got logits "
+            f"{tuple(logits.shape)}, labels {tuple(labels.shape)}, "
+            f"loss_mask {tuple(loss_mask.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    n_rows, seq_len, vocab = logits.shape
+    target_mask = loss_mask[:, 1:].bool()  # token t+1 is a target -> logits row t is used
+    # Flat index of the logits row that predicts each target token, row-major (n, t).
+    positions = target_mask.nonzero(as_tuple=False)
+    row_index = positions[:, 0] * seq_len + positions[:, 1]
+    targets = labels[:, 1:][target_mask].long()
+    if targets.numel() and (targets.min() < 0 or targets.max() >= vocab):
+        raise ValueError(f"target token ids must lie in [0, {vocab}) where loss_mask is True")
+    flat_logits = logits.reshape(n_rows * seq_len, vocab)
+    selected = _ChunkedTargetLogps.apply(flat_logits, row_index, targets, chunk_size)
+    out = logits.new_zeros((n_rows, seq_len), dtype=torch.float32)
+    shifted_mask = torch.zeros_like(loss_mask, dtype=torch.bool)
+    shifted_mask[:, 1:] = target_mask
+    return out.masked_scatter(shifted_mask, selected)
+
+
+def sequence_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    average: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> SequenceLogps:
+    """Summed (or per-token mean) log-probs of each row's target tokens.
+
+    Equal to ``log_softmax(logits[:, :-1].float(), -1).gather(-1, labels[:, 1:, None])``
+    summed over ``loss_mask[:, 1:]`` (to fp32 rounding), with the same gradient, but
+    computed in chunks (see ``token_logps`` for the arguments and the alignment).
+
+    Args:
+        average: ``logps`` is the mean over target tokens (Uni-DPO's length normalisation)
+            instead of the sum (DPO).
+
+    Returns:
+        ``SequenceLogps``; all fields fp32.
+    """
+    per_token = token_logps(logits, labels, loss_mask, chunk_size=chunk_size)
+    counts = loss_mask[:, 1:].sum(dim=1).to(torch.float32)
+    sums = per_token.sum(dim=1)
+    means = sums / counts.clamp(min=1.0)
+    return SequenceLogps(
+        logps=means if average else sums,
+        sum_logps=sums,
+        mean_logps=means,
+        token_counts=counts,
+        token_logps=per_token,
+    )

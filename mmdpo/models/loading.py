@@ -1,0 +1,255 @@
+"""Load a policy (causal LM or VLM) with its tokenizer or processor, safetensors weights only."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+)
+
+from mmdpo.models.quantization import make_quantization_config, resolve_dtype
+
+KINDS = ("auto", "causal_lm", "vlm")
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Config attributes that name a token standing for image (or video) content, by family:
+# Qwen2-VL/2.5-VL image/video/vision_start/end, LLaVA image_token_id (image_token_index in
+# older configs), Idefics3 image_token_id.
+IMAGE_TOKEN_ATTRIBUTES = (
+    "image_token_id",
+    "image_token_index",
+    "video_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the engine needs to know about a loaded policy.
+
+    Attributes:
+        name_or_path: what was loaded.
+        family: the config's ``model_type`` (``llama``, ``qwen2_vl``, ``llava``, ...).
+        is_vlm: loaded as an image-text-to-text model with a processor.
+        quantization: ``none``, ``8bit`` or ``4bit``.
+        dtype: dtype of the weights that are not quantized.
+        image_token_id: the token the processor expands into image features, None for text.
+        image_token_ids: every image-related special token id (image, video, vision start
+            and end); empty for text models.
+        pad_token_id: the tokenizer's pad id (its EOS when it has no pad token).
+        eos_token_ids: every id that ends generation (tokenizer and generation config).
+    """
+
+    name_or_path: str
+    family: str
+    is_vlm: bool
+    quantization: str
+    dtype: torch.dtype
+    image_token_id: int | None
+    image_token_ids: tuple[int, ...]
+    pad_token_id: int | None
+    eos_token_ids: tuple[int, ...]
+
+
+def is_vlm_config(config: Any) -> bool:
+    """A config with a ``vision_config`` belongs to a vision-language model."""
+    return getattr(config, "vision_config", None) is not None
+
+
+def require_safetensors(name_or_path: str | os.PathLike) -> None:
+    """Refuse a local checkpoint folder that holds pickle weights but no safetensors.
+
+    Pickle files can run arbitrary code when loaded; ``from_pretrained`` is also called with
+    ``use_safetensors=True``, so a hub repository without safetensors fails there.
+    """
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return
+    files = [p.name for p in path.iterdir() if p.is_file()]
+    if any(name.endswith(".safetensors") for name in files):
+        return
+    pickles = sorted(name for name in files if name.endswith(PICKLE_WEIGHT_SUFFIXES))
+    found = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weight files"
+    raise ValueError(
+        f"{str(path)!r} holds {found}. mmdpo loads safetensors weights only, because pickle "
+        "files can run code when loaded. Convert once from a source you trust, e.g. "
+        "`AutoModel.from_pretrained(path).save_pretrained(out, safe_serialization=True)`."
+    )
+
+
+def _default_device_map(quantization: BitsAndBytesConfig | None) -> Any:
+    if quantization is None:
+        return None  # load on CPU; the training loop moves the model
+    if torch.cuda.is_available():
+        return {"": torch.cuda.current_device()}  # one full copy per process (DDP)
+    return "cpu"  # bitsandbytes on CPU needs an explicit device map
+
+
+def _token_ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+def _model_info(
+    name_or_path: str,
+    model: PreTrainedModel,
+    tokenizer: Any,
+    *,
+    is_vlm: bool,
+    quantization: str,
+    dtype: torch.dtype,
+) -> ModelInfo:
+    config = model.config
+    image_ids: list[int] = []
+    if is_vlm:
+        for attribute in IMAGE_TOKEN_ATTRIBUTES:
+            value = getattr(config, attribute, None)
+            if isinstance(value, int) and value not in image_ids:
+                image_ids.append(value)
+    image_token_id = getattr(config, "image_token_id", None)
+    if image_token_id is None:
+        image_token_id = getattr(config, "image_token_index", None)
+    eos = list(_token_ids(tokenizer.eos_token_id))
+    generation_config = getattr(model, "generation_config", None)
+    for value in _token_ids(getattr(generation_config, "eos_token_id", None)):
+        if value not in eos:
+            eos.append(value)
+    return ModelInfo(
+        name_or_path=str(name_or_path),
+        family=config.model_type,
+        is_vlm=is_vlm,
+        quantization=quantization,
+        dtype=dtype,
+        image_token_id=image_token_id if is_vlm else None,
+        image_token_ids=tuple(image_ids),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids=tuple(eos),
+    )
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Non-reentrant activation checkpointing (LoRA needs no input-grad hook with it)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+
+
+def load_policy(
+    model_name_or_path: str | os.PathLike,
+    *,
+    kind: str = "auto",
+    quantization: str | BitsAndBytesConfig | None = "none",
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    dtype: str | torch.dtype = "float32",
+    trust_remote_code: bool = False,
+    device_map: Any = None,
+    attn_implementation: str | None = None,
+    prepare_for_training: bool = True,
+    gradient_checkpointing: bool = False,
+) -> tuple[PreTrainedModel, Any, ModelInfo]:
+    """Load a model and its tokenizer (text) or processor (VLM).
+
+    Args:
+        model_name_or_path: hub id or local folder; its weights must be safetensors.
+        kind: ``causal_lm`` (AutoModelForCausalLM + AutoTokenizer), ``vlm``
+            (AutoModelForImageTextToText + AutoProcessor), or ``auto``: ``vlm`` when the
+            config has a ``vision_config``.
+        quantization: ``none``, ``8bit``, ``4bit`` (with ``quant_type``, ``double_quant``;
+            4-bit matmuls run in ``dtype``) or a ready ``BitsAndBytesConfig``.
+        dtype: dtype of the weights that are not quantized.
+        trust_remote_code: run model code shipped with the checkpoint; off by default.
+        device_map: passed to ``from_pretrained``; by default None without quantization,
+            and for a quantized model the current CUDA device, or ``"cpu"`` without CUDA.
+        attn_implementation: ``sdpa``, ``eager``, ... or None for the transformers default.
+        prepare_for_training: for a quantized model, run peft's
+            ``prepare_model_for_kbit_training`` (freezes the base, upcasts the layers that
+            are not quantized to fp32). Set False for a frozen reference or evaluation.
+        gradient_checkpointing: enable non-reentrant activation checkpointing.
+
+    Returns:
+        ``(model, tokenizer or processor, ModelInfo)``. A tokenizer without a pad token gets
+        its EOS token as pad token.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
+    require_safetensors(model_name_or_path)
+    torch_dtype = resolve_dtype(dtype)
+    if isinstance(quantization, BitsAndBytesConfig):
+        bnb_config: BitsAndBytesConfig | None = quantization
+        mode = "8bit" if quantization.load_in_8bit else "4bit"
+    else:
+        mode = quantization or "none"
+        bnb_config = make_quantization_config(
+            mode, quant_type=quant_type, double_quant=double_quant, compute_dtype=torch_dtype
+        )
+    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    is_vlm = is_vlm_config(config) if kind == "auto" else kind == "vlm"
+    if kind == "vlm" and not is_vlm_config(config):
+        raise ValueError(
+            f"{model_name_or_path!r} ({config.model_type}) has no vision_config; "
+            "it is not a vision-language model (use kind: causal_lm or auto)"
+        )
+    model_class = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
+    load_kwargs: dict[str, Any] = {
+        "dtype": torch_dtype,
+        "use_safetensors": True,
+        "trust_remote_code": trust_remote_code,
+        "device_map": device_map if device_map is not None else _default_device_map(bnb_config),
+    }
+    if bnb_config is not None:
+        load_kwargs["quantization_config"] = bnb_config
+    if attn_implementation is not None:
+        load_kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = model_class.from_pretrained(model_name_or_path, **load_kwargs)
+    except OSError as error:
+        if "safetensors" not in str(error):
+            raise
+        raise OSError(
+            f"{str(model_name_or_path)!r}: no safetensors weights found ({error}). mmdpo "
+            "loads safetensors only, because pickle files can run code when loaded."
+        ) from error
+    if is_vlm:
+        processor = AutoProcessor.from_pretrained(
+            model_name_or_path, trust_remote_code=trust_remote_code
+        )
+        tokenizer = processor.tokenizer
+    else:
+        processor = tokenizer = AutoTokenizer.from_pretrained(
+            model_name_or_path, trust_remote_code=trust_remote_code
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if bnb_config is not None and prepare_for_training:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    info = _model_info(
+        str(model_name_or_path),
+        model,
+        tokenizer,
+        is_vlm=is_vlm,
+        quantization=mode,
+        dtype=torch_dtype,
+    )
+    return model, processor, info

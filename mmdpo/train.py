@@ -1,0 +1,387 @@
+"""The training loop: setup -> loop -> save, on accelerate, with no Trainer subclass.
+
+``train(config, train_samples, eval_samples)`` is the engine's entry point; the CLI (the
+composition root) loads and validates the data with the adapters and calls it. One process
+on CPU or GPU, or several under ``accelerate launch`` (DDP, DeepSpeed, FSDP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmdpo import checkpoint as ckpt
+from mmdpo.calibration import Calibration, fit_calibration
+from mmdpo.config import Config, ConfigError, save_config
+from mmdpo.data.collate import PreferenceCollator
+from mmdpo.data.pipeline import BatchOrder, TokenizeResult, tokenize_samples
+from mmdpo.data.transform import PairTransform, TransformSettings
+from mmdpo.losses import get_loss
+from mmdpo.metrics import (
+    MetricsAccumulator,
+    MetricsWriter,
+    ProgressBar,
+    nonfinite_reason,
+    peak_memory_bytes,
+    plot_metrics,
+    spearman,
+)
+from mmdpo.objective import ReferenceModel, compute_objective, unwrap
+from mmdpo.setup import (
+    build_optimizer,
+    build_scheduler,
+    check_run,
+    load_model_for_training,
+    load_processing,
+    prepare_reference,
+)
+from mmdpo.types import PreferenceSample, TokenizedPair
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what is left on disk."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    final_checkpoint: Path | None
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0
+
+
+def _write_invalid(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    with open(run_dir / "invalid_rows.jsonl", "a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=str) + "\n")
+
+
+def _tokenize_or_stop(
+    samples: list[PreferenceSample],
+    transform: PairTransform,
+    config: Config,
+    run_dir: Path,
+    name: str,
+) -> list[TokenizedPair]:
+    result: TokenizeResult = tokenize_samples(
+        samples, transform, progress=config.train.progress, desc=f"tokenizing {name}"
+    )
+    if result.problems:
+        lines = [f"{p['id']}: {p['field']}: {p['error']}" for p in result.problems[:20]]
+        more = len(result.problems) - len(lines)
+        text = "\n".join(lines) + (f"\n... and {more} more" if more > 0 else "")
+        if not config.data.skip_invalid:
+            raise TrainingError(
+                f"{len(result.problems)} {name} sample(s) cannot be tokenized:\n{text}\n"
+                "(fix them, or set data.skip_invalid=true to drop them into invalid_rows.jsonl)"
+            )
+        _write_invalid(
+            run_dir, [{**p, "stage": "tokenize", "split": name} for p in result.problems]
+        )
+        print(f"skipped {len(result.problems)} {name} sample(s): see {run_dir}/invalid_rows.jsonl")
+    return result.pairs
+
+
+def _calibrate(
+    config: Config, train_samples: list[PreferenceSample], resume_from: Path | None
+) -> Calibration:
+    saved = ckpt.load_checkpoint_calibration(resume_from) if resume_from else None
+    if saved:
+        return Calibration.from_dict(saved)
+    low, high = config.data.calibration_range
+    return fit_calibration(train_samples, config.data.calibration, target_range=(low, high))
+
+
+def evaluate(
+    model: Any,
+    pairs: list[TokenizedPair],
+    collate: PreferenceCollator,
+    spec: Any,
+    hyperparams: dict[str, Any],
+    reference: ReferenceModel | None,
+    *,
+    average: bool,
+    calibration: Calibration,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Preference accuracy, mean margin and loss on held-out pairs, per modality too.
+
+    Under several processes each evaluates the whole held-out set (it is small); the numbers
+    are therefore the same on every process.
+    """
+    model.eval()
+    acc = MetricsAccumulator()
+    score_margins: list[float] = []
+    reward_margins: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            batch = collate(pairs[start : start + batch_size]).to(device)
+            obj = compute_objective(
+                model, batch, spec, hyperparams, reference, average=average, calibration=calibration
+            )
+            out = obj.output
+            acc.add(
+                out.chosen_rewards,
+                out.rejected_rewards,
+                out.metrics,
+                obj.policy.chosen(average),
+                obj.policy.rejected(average),
+                batch.modality,
+                losses=out.losses.detach(),
+            )
+            score_margins += (batch.score_chosen - batch.score_rejected).tolist()
+            reward_margins += (out.chosen_rewards - out.rejected_rewards).tolist()
+    model.train()
+    result = {f"eval/{k}": v for k, v in acc.compute().items()}
+    result["eval/spearman_score_reward"] = spearman(score_margins, reward_margins)
+    return result
+
+
+def _all_finite(model: Any) -> bool:
+    for param in model.parameters():
+        if param.grad is not None and not torch.isfinite(param.grad).all():
+            return False
+    return True
+
+
+def train(
+    config: Config,
+    train_samples: list[PreferenceSample],
+    eval_samples: list[PreferenceSample] | None = None,
+    *,
+    resume: bool = False,
+) -> RunResult:
+    """Train ``config``'s model on the samples; write the run folder; return the outcome."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import gather_object, set_seed
+
+    try:
+        spec = get_loss(config.loss.name)
+        hyperparams = spec.resolve_kwargs(config.loss.kwargs)
+    except ValueError as err:
+        raise ConfigError(f"loss: {err}") from None
+    check_run(config, spec, train_samples + list(eval_samples or []))
+    average = (
+        spec.length_normalized
+        if config.loss.length_normalized is None
+        else bool(config.loss.length_normalized)
+    )
+
+    # One process may train several runs (demo --compare, tests) with different precisions;
+    # the process-group state (PartialState) is kept.
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=1,
+        mixed_precision=config.train.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+    )
+    run_dir = Path(config.train.output_dir)
+    resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
+    if resume and resume_from is None:
+        raise TrainingError(f"--resume: no complete checkpoint under {run_dir}/checkpoints")
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    set_seed(config.train.seed)
+
+    calibration = _calibrate(config, train_samples, resume_from)
+    train_samples = calibration.apply_all(train_samples)
+    eval_samples = calibration.apply_all(eval_samples or [])
+    if accelerator.is_main_process:
+        calibration.save(run_dir / "calibration.json")
+
+    processing, is_vlm = load_processing(config)
+    settings = TransformSettings(config.data.max_length, config.data.max_prompt_length)
+    transform = PairTransform(processing, settings, is_vlm=is_vlm)
+    train_pairs = _tokenize_or_stop(train_samples, transform, config, run_dir, "train")
+    eval_pairs = _tokenize_or_stop(eval_samples, transform, config, run_dir, "eval")
+    if config.data.limit is not None:
+        train_pairs = train_pairs[: config.data.limit]
+    pad_id = transform.tokenizer.pad_token_id
+    collate = PreferenceCollator(pad_id if pad_id is not None else transform.eos_token_id)
+
+    model = load_model_for_training(config)
+    reference = prepare_reference(
+        config, spec, model, train_pairs + eval_pairs, collate, run_dir, accelerator
+    )
+
+    order = BatchOrder(
+        num_pairs=len(train_pairs),
+        batch_size=config.train.batch_size,
+        grad_accum=config.train.grad_accum,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
+        seed=config.train.seed,
+        shuffle=config.data.shuffle,
+    )
+    steps_per_epoch = order.steps_per_epoch
+    total_steps = config.train.max_steps or max(1, math.ceil(config.train.epochs * steps_per_epoch))
+    optimizer = build_optimizer(config, model)
+    scheduler = build_scheduler(config, optimizer, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    start_step = 0
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(
+            resume_from,
+            model=unwrap(model),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            process_index=accelerator.process_index,
+        )
+        start_step = int(state["step"])
+
+    writer = MetricsWriter(
+        run_dir,
+        trackers=tuple(config.train.trackers),
+        accelerator=accelerator,
+        resume_step=start_step if resume_from else None,
+        is_main_process=accelerator.is_main_process,
+    )
+    bar = ProgressBar(
+        total_steps,
+        initial=start_step,
+        disable=not (config.train.progress and accelerator.is_main_process),
+    )
+    device = accelerator.device
+    gather = gather_object if accelerator.num_processes > 1 else None
+    bad_in_a_row = skipped = 0
+    last_checkpoint: Path | None = resume_from
+    train_stats: dict[str, float] = {}
+    eval_stats: dict[str, float] = {}
+
+    def save(step: int) -> Path:
+        return ckpt.save_checkpoint(
+            run_dir,
+            step,
+            model=unwrap(model),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            train_state={"step": step, "skipped_steps": skipped},
+            config=config.to_dict(),
+            calibration=calibration.to_dict(),
+            keep_last=config.train.keep_last,
+            is_main_process=accelerator.is_main_process,
+            process_index=accelerator.process_index,
+            barrier=accelerator.wait_for_everyone,
+        )
+
+    def run_eval(step: int) -> dict[str, float]:
+        stats = evaluate(
+            model,
+            eval_pairs,
+            collate,
+            spec,
+            hyperparams,
+            reference,
+            average=average,
+            calibration=calibration,
+            batch_size=config.train.batch_size,
+            device=device,
+        )
+        writer.log(stats, step)
+        return stats
+
+    model.train()
+    for step, epoch, step_in_epoch in order.steps(start_step, total_steps):
+        started = time.perf_counter()
+        accumulator = MetricsAccumulator()
+        tokens = 0
+        micro_batches = order.step_batches(epoch, step_in_epoch)
+        for micro_index, indices in enumerate(micro_batches):
+            batch = collate([train_pairs[i] for i in indices]).to(device)
+            tokens += int(batch.attention_mask.sum())
+            sync = micro_index == len(micro_batches) - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    obj = compute_objective(
+                        model,
+                        batch,
+                        spec,
+                        hyperparams,
+                        reference,
+                        average=average,
+                        calibration=calibration,
+                    )
+                accelerator.backward(obj.loss / len(micro_batches))
+            accumulator.add(
+                obj.output.chosen_rewards,
+                obj.output.rejected_rewards,
+                obj.output.metrics,
+                obj.policy.chosen(average).detach(),
+                obj.policy.rejected(average).detach(),
+                batch.modality,
+                losses=obj.output.losses.detach(),
+            )
+
+        train_stats = accumulator.compute(gather)
+        grad_norm = None
+        if config.train.max_grad_norm > 0:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+        elif not _all_finite(model):
+            grad_norm = math.inf
+        reason = nonfinite_reason(train_stats.get("loss", math.nan), grad_norm)
+        if reason is None:
+            optimizer.step()
+            bad_in_a_row = 0
+        else:
+            skipped += 1
+            bad_in_a_row += 1
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        done = step + 1
+        train_stats.update(
+            {
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": math.nan if grad_norm is None else float(grad_norm),
+                "epoch": epoch + (step_in_epoch + 1) / steps_per_epoch,
+                "perf/tokens_per_s": tokens * accelerator.num_processes / elapsed,
+                "perf/pairs_per_s": order.pairs_per_step / elapsed,
+                "memory/peak_bytes": float(peak_memory_bytes()),
+            }
+        )
+        if reason is not None:
+            writer.log_skipped(done, reason, **train_stats)
+            bar.write(f"step {done}: skipped ({reason})")
+        elif done % config.train.log_every == 0 or done == total_steps:
+            writer.log(train_stats, done)
+        bar.update(train_stats)
+        if reason is not None and bad_in_a_row >= config.train.max_bad_steps:
+            writer.close()
+            bar.close()
+            where = (
+                f"the last good checkpoint is {last_checkpoint}"
+                if last_checkpoint
+                else "no checkpoint was written yet"
+            )
+            raise TrainingError(
+                f"step {done}: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                f"({reason}); stopping ({where}). Lower train.learning_rate or check the data."
+            )
+        if eval_pairs and config.train.eval_every and done % config.train.eval_every == 0:
+            eval_stats = run_eval(done)
+        if config.train.save_every and done % config.train.save_every == 0 and done < total_steps:
+            last_checkpoint = save(done)
+
+    if eval_pairs and not (config.train.eval_every and total_steps % config.train.eval_every == 0):
+        eval_stats = run_eval(total_steps)
+    last_checkpoint = save(total_steps)
+    writer.close()
+    bar.close()
+    if accelerator.is_main_process:
+        plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
+    accelerator.wait_for_everyone()
+    return RunResult(run_dir, total_steps, last_checkpoint, train_stats, eval_stats, skipped)

@@ -1,0 +1,156 @@
+"""Model transform, collator and batch order on text pairs with the project's tokenizer."""
+
+import math
+
+import pytest
+import torch
+
+from mmdpo.data.collate import PreferenceCollator
+from mmdpo.data.pipeline import BatchOrder, split_eval, tokenize_samples
+from mmdpo.data.transform import PairTransform, SampleTooLongError, TransformSettings
+from mmdpo.tiny.tokenizer import build_tokenizer
+from mmdpo.types import PreferenceSample
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+def sample(i=0, **kw):
+    base = dict(
+        id=f"s{i}",
+        prompt="What is two plus two?",
+        chosen="It is four.",
+        rejected="Five.",
+        score_chosen=8.0,
+        score_rejected=2.0,
+    )
+    base.update(kw)
+    return PreferenceSample(**base)
+
+
+def test_prompt_and_responses_follow_the_chat_template(tokenizer):
+    pair = PairTransform(tokenizer, TransformSettings(128))(sample())
+    assert tokenizer.decode(pair.prompt_ids) == (
+        "<|im_start|>user\nWhat is two plus two?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert tokenizer.decode(pair.chosen_ids) == "It is four.<|im_end|>"
+    assert pair.chosen_ids[-1] == tokenizer.eos_token_id
+    assert pair.rejected_ids[-1] == tokenizer.eos_token_id
+
+
+def test_responses_are_cut_first_and_keep_the_prompt(tokenizer):
+    full = PairTransform(tokenizer, TransformSettings(512))(sample(chosen="word " * 50))
+    limit = len(full.prompt_ids) + 5
+    pair = PairTransform(tokenizer, TransformSettings(max_length=limit))(
+        sample(chosen="word " * 50)
+    )
+    assert len(pair.prompt_ids) + len(pair.chosen_ids) == limit
+    assert pair.prompt_ids == full.prompt_ids
+    assert pair.chosen_ids == full.chosen_ids[:5]
+
+
+def test_prompt_too_long_names_the_sample(tokenizer):
+    transform = PairTransform(tokenizer, TransformSettings(max_length=8))
+    with pytest.raises(SampleTooLongError, match="sample s7: prompt"):
+        transform(sample(7))
+    result = tokenize_samples(
+        [sample(1), sample(7, prompt="long " * 40)],
+        PairTransform(tokenizer, TransformSettings(40)),
+        progress=False,
+    )
+    assert [p.id for p in result.pairs] == ["s1"]
+    assert result.problems[0]["id"] == "s7"
+
+
+def test_text_model_refuses_images(tokenizer):
+    transform = PairTransform(tokenizer, TransformSettings(128))
+    with pytest.raises(ValueError, match="text-only"):
+        transform(sample(images=["x.png"]))
+
+
+def test_collator_layout(tokenizer):
+    transform = PairTransform(tokenizer, TransformSettings(128))
+    a = transform(sample(0))
+    b = transform(
+        sample(
+            1,
+            prompt="Hi",
+            chosen="Hello there, friend.",
+            rejected="No.",
+            score_chosen=None,
+            score_rejected=None,
+            modality="math",
+        )
+    )
+    batch = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)([a, b])
+    assert batch.input_ids.shape[0] == 4
+    rows = [
+        (a.prompt_ids, a.chosen_ids),
+        (b.prompt_ids, b.chosen_ids),
+        (a.prompt_ids, a.rejected_ids),
+        (b.prompt_ids, b.rejected_ids),
+    ]
+    for row, (prompt, response) in enumerate(rows):
+        n = len(prompt) + len(response)
+        assert batch.input_ids[row, :n].tolist() == prompt + response
+        assert batch.attention_mask[row].sum() == n
+        assert batch.loss_mask[row].nonzero().flatten().tolist() == list(range(len(prompt), n))
+        assert (batch.input_ids[row, n:] == tokenizer.pad_token_id).all()
+    assert batch.score_chosen[0] == 8.0 and math.isnan(batch.score_chosen[1])
+    assert batch.modality == ["text", "math"]
+    assert batch.image_inputs is None
+
+
+def test_collator_pads_to_multiple(tokenizer):
+    pair = PairTransform(tokenizer, TransformSettings(128))(sample())
+    batch = PreferenceCollator(tokenizer.pad_token_id, pad_to_multiple_of=16)([pair])
+    assert batch.input_ids.shape[1] % 16 == 0
+
+
+def test_batch_order_two_processes_cover_one_process():
+    one = BatchOrder(num_pairs=20, batch_size=4, grad_accum=2, seed=3)
+    two = [
+        BatchOrder(
+            num_pairs=20, batch_size=2, grad_accum=2, num_processes=2, process_index=p, seed=3
+        )
+        for p in range(2)
+    ]
+    assert one.steps_per_epoch == two[0].steps_per_epoch == 2
+    for step in range(2):
+        single = one.step_batches(0, step)
+        split = [o.step_batches(0, step) for o in two]
+        for micro in range(2):
+            assert sorted(single[micro]) == sorted(split[0][micro] + split[1][micro])
+
+
+def test_batch_order_is_seeded_and_epochs_differ():
+    order = BatchOrder(num_pairs=12, batch_size=3, grad_accum=1, seed=0)
+    assert order.epoch_permutation(0) == BatchOrder(12, 3, 1, seed=0).epoch_permutation(0)
+    assert order.epoch_permutation(0) != order.epoch_permutation(1)
+    assert list(order.steps(2, 6)) == [(2, 0, 2), (3, 0, 3), (4, 1, 0), (5, 1, 1)]
+
+
+def test_too_few_pairs_for_a_step():
+    with pytest.raises(ValueError, match="fewer than one optimizer step"):
+        list(BatchOrder(num_pairs=3, batch_size=4, grad_accum=1).steps(0, 1))
+
+
+def test_split_eval_is_stable():
+    samples = [sample(i) for i in range(10)]
+    train, held = split_eval(samples, 0.2, seed=1)
+    assert len(held) == 2 and len(train) == 8
+    assert {s.id for s in held} == {s.id for s in split_eval(samples, 0.2, seed=1)[1]}
+    assert not {s.id for s in held} & {s.id for s in train}
+
+
+def test_collate_empty_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        PreferenceCollator(0)([])
+
+
+def test_scores_tensor_dtype(tokenizer):
+    pair = PairTransform(tokenizer, TransformSettings(64))(sample())
+    batch = PreferenceCollator(tokenizer.pad_token_id)([pair])
+    assert batch.score_chosen.dtype == torch.float32
