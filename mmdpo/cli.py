@@ -1,0 +1,279 @@
+"""The ``mmdpo`` command: the one composition root of engine, data adapters, tasks and evals.
+
+    mmdpo train [TASK] [--config FILE] [--resume] [key=value ...]
+    mmdpo data validate PATH --format NAME [--images full|header|exists|none]
+    mmdpo data inspect PATH --format NAME [--model M]
+    mmdpo data formats
+    mmdpo losses
+    mmdpo demo [--out DIR] [key=value ...]
+
+A user's mistake (bad config, bad data, a wrong combination) prints one clear message and
+exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from mmdpo.config import Config, ConfigError, load_config
+
+EXIT_USER_ERROR = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from data_adapters import DataError, UnknownFormatError
+    from mmdpo.models.quantization import QuantizationUnavailableError
+    from mmdpo.setup import SetupError
+    from mmdpo.train import TrainingError
+
+    return (
+        ConfigError,
+        DataError,
+        UnknownFormatError,
+        SetupError,
+        TrainingError,
+        QuantizationUnavailableError,
+        FileNotFoundError,
+    )
+
+
+def _entries(value: Any, config: Config) -> list[dict[str, Any]]:
+    """data.train / data.eval as a list of {path, format, modality, source, columns}."""
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        entry = {"path": item} if isinstance(item, str) else dict(item)
+        if "path" not in entry:
+            raise ConfigError(f"data: each entry needs a path, got {item!r}")
+        unknown = set(entry) - {"path", "format", "modality", "source", "columns"}
+        if unknown:
+            raise ConfigError(f"data: unknown key(s) {sorted(unknown)} in entry {item!r}")
+        entry.setdefault("format", config.data.format)
+        entry.setdefault("modality", config.data.modality)
+        entry.setdefault("source", config.data.source)
+        entry.setdefault("columns", config.data.columns)
+        out.append(entry)
+    return out
+
+
+def load_run_data(config: Config, run_dir: Path) -> tuple[list[Any], list[Any]]:
+    """Load and validate training and held-out samples; invalid rows go to the run folder."""
+    from data_adapters import load_samples, write_invalid_rows
+    from mmdpo.data.pipeline import split_eval
+
+    def load(value: Any) -> list[Any]:
+        samples, invalid = [], []
+        for entry in _entries(value, config):
+            result = load_samples(
+                entry["path"],
+                entry["format"],
+                columns=entry["columns"],
+                modality=entry["modality"],
+                source_name=entry["source"],
+                skip_invalid=config.data.skip_invalid,
+            )
+            samples += result.samples
+            invalid += result.invalid
+        if invalid:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_invalid_rows(invalid, run_dir / "invalid_rows.jsonl")
+            print(f"skipped {len(invalid)} invalid row(s): see {run_dir / 'invalid_rows.jsonl'}")
+        return samples
+
+    train = load(config.data.train)
+    if config.data.eval is not None:
+        return train, load(config.data.eval)
+    return split_eval(train, config.data.eval_fraction, config.train.seed)
+
+
+def train_from_config(config: Config, *, resume: bool = False) -> Any:
+    """Load the data with the adapters, then run the engine."""
+    from mmdpo.train import train
+
+    run_dir = Path(config.train.output_dir)
+    train_samples, eval_samples = load_run_data(config, run_dir)
+    return train(config, train_samples, eval_samples, resume=resume)
+
+
+def _task_and_overrides(words: list[str]) -> tuple[Any, list[str]]:
+    """``[TASK] key=value ...``: the first word names a task unless it is an override."""
+    from tasks import get_task
+
+    if words and "=" not in words[0]:
+        try:
+            return get_task(words[0]), words[1:]
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return None, words
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    task, overrides = _task_and_overrides(args.words)
+    if task is not None:
+        config = task.load_config(args.config, overrides)
+    else:
+        config = load_config(args.config, overrides)
+    result = train_from_config(config, resume=args.resume)
+    print(f"run folder: {result.run_dir}")
+    print(f"final checkpoint: {result.final_checkpoint}")
+    for key in ("loss", "rewards/accuracies", "rewards/margins"):
+        if key in result.train_metrics:
+            print(f"  train {key}: {result.train_metrics[key]:.4f}")
+    for key, value in sorted(result.eval_metrics.items()):
+        print(f"  {key}: {value:.4f}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from data_adapters import (
+        ADAPTERS,
+        format_inspection,
+        format_report,
+        inspect_samples,
+        load_samples,
+        validate,
+    )
+
+    if args.data_command == "formats":
+        for name, adapter in ADAPTERS.items():
+            print(f"{name:22s} {getattr(adapter, 'summary', '')}")
+        return 0
+    columns = dict(pair.split("=", 1) for pair in args.columns) if args.columns else None
+    if args.data_command == "validate":
+        report = validate(args.path, args.format, columns=columns, check_images=args.images)
+        print(format_report(report))
+        return 0 if report.ok else 1
+    result = load_samples(args.path, args.format, columns=columns, skip_invalid=True)
+    print(format_inspection(inspect_samples(result.samples)))
+    if result.invalid:
+        print(f"\n{len(result.invalid)} invalid row(s) left out; run `mmdpo data validate`")
+    if args.model:
+        print("\n" + _token_lengths(result.samples, args.model))
+    return 0
+
+
+def _token_lengths(samples: list[Any], model: str) -> str:
+    """Token-length percentiles under a model's template (prompt, chosen, rejected)."""
+    from mmdpo.data.pipeline import tokenize_samples
+    from mmdpo.data.transform import PairTransform, TransformSettings
+    from mmdpo.setup import load_processing
+
+    config = load_config(None, [f"model.name_or_path={model}", "data.train=-"])
+    processing, is_vlm = load_processing(config)
+    transform = PairTransform(processing, TransformSettings(max_length=1 << 30), is_vlm=is_vlm)
+    result = tokenize_samples(samples, transform, desc="tokenizing")
+    lines = [f"token lengths under {model} (p50 / p90 / p99 / max):"]
+    for name, values in (
+        ("prompt", [len(p.prompt_ids) for p in result.pairs]),
+        ("chosen", [len(p.chosen_ids) for p in result.pairs]),
+        ("rejected", [len(p.rejected_ids) for p in result.pairs]),
+        (
+            "prompt+longest",
+            [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in result.pairs],
+        ),
+    ):
+        if not values:
+            continue
+        values = sorted(values)
+        pick = [values[min(len(values) - 1, int(q * len(values)))] for q in (0.5, 0.9, 0.99)]
+        lines.append(f"  {name:15s} {pick[0]} / {pick[1]} / {pick[2]} / {values[-1]}")
+    if result.problems:
+        lines.append(f"  {len(result.problems)} sample(s) could not be tokenized")
+    return "\n".join(lines)
+
+
+def cmd_losses(args: argparse.Namespace) -> int:
+    from mmdpo.losses import LOSSES
+
+    for name, spec in LOSSES.items():
+        ref = "reference" if spec.needs_reference else "reference-free"
+        norm = "mean logps" if spec.length_normalized else "summed logps"
+        print(f"{name:8s} {ref:15s} {norm:13s} {spec.summary}")
+        defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items())
+        print(f"{'':8s} {defaults}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tasks.demo import run_demo
+
+    return run_demo(out_dir=args.out, overrides=args.words, compare=args.compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmdpo", description="Uni-DPO and the DPO family for LLMs and VLMs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser(
+        "train",
+        help="train a LoRA adapter on preference pairs",
+        description="mmdpo train [text|math|vision|mixed] [--config FILE] [key=value ...]",
+    )
+    train.add_argument("--config", help="YAML config file (see tasks/recipes and README)")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "words",
+        nargs="*",
+        metavar="[TASK] key=value",
+        help="an optional task (text, math, vision, mixed) whose defaults the config and "
+        "overrides refine, then dotted overrides, e.g. train.learning_rate=1e-6",
+    )
+    train.set_defaults(func=cmd_train)
+
+    data = sub.add_parser("data", help="validate or inspect a preference data file")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    for name, text in (("validate", "check every row"), ("inspect", "counts, scores, examples")):
+        p = data_sub.add_parser(name, help=text)
+        p.add_argument("path", help="JSON / JSONL / Parquet file (gzip too) or hub dataset name")
+        p.add_argument("--format", required=True, help="adapter name (mmdpo data formats)")
+        p.add_argument("--columns", nargs="*", help="field=column pairs for --format columns")
+        if name == "validate":
+            p.add_argument(
+                "--images",
+                default="full",
+                choices=("full", "header", "exists", "none"),
+                help="how deeply to check images (default: decode them fully)",
+            )
+        else:
+            p.add_argument("--model", help="also report token lengths under this model's template")
+        p.set_defaults(func=cmd_data)
+    formats = data_sub.add_parser("formats", help="list the adapters")
+    formats.set_defaults(func=cmd_data)
+
+    losses = sub.add_parser("losses", help="list the losses and their defaults")
+    losses.set_defaults(func=cmd_losses)
+
+    demo = sub.add_parser("demo", help="the offline demo: a tiny model aligned in minutes")
+    demo.add_argument("--out", default="runs/demo", help="run folder")
+    demo.add_argument("--compare", default=None, help="also train this loss (e.g. dpo)")
+    demo.add_argument("words", nargs="*", help="dotted overrides of the demo config")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may come after options (`train text --config F lr=...`): argparse leaves them over.
+    args, extra = parser.parse_known_args(argv)
+    stray = [word for word in extra if word.startswith("-") or not hasattr(args, "words")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.words = [*args.words, *extra]
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as err:
+        print(f"mmdpo {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
