@@ -209,6 +209,8 @@ class TrainSettings:
     """Metric sinks: jsonl (always), tensorboard, wandb."""
     progress: bool = True
     """Show a progress bar."""
+    plots: bool = True
+    """Write PNG plots of the curves into <output_dir>/plots at the end."""
 
     def validate(self) -> None:
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)

@@ -551,7 +551,11 @@ def plot_metrics(metrics_jsonl: str | Path, out_dir: str | Path) -> list[Path]:
             ["weights/ess_ratio", "weights/nll_active"],
         ],
         "optim": [["lr"], ["grad_norm"]],
-        "eval": [[key] for key in sorted(series) if key.startswith("eval/")],
+        "eval": [
+            sorted(k for k in series if k.startswith("eval/rewards/accuracies")),
+            sorted(k for k in series if k.startswith("eval/rewards/margins")),
+            ["eval/spearman_score_reward"],
+        ],
     }
     written = []
     for name, groups in panels.items():
@@ -581,7 +585,9 @@ def _plot_panels(series: dict, groups: list[list[str]], path: Path) -> Path:
 
     columns = min(len(groups), 3)
     rows = math.ceil(len(groups) / columns)
-    figure = Figure(figsize=(5 * columns, 3.5 * rows), layout="constrained")
+    # No layout engine: constrained layout costs seconds per figure on a busy CPU.
+    figure = Figure(figsize=(5 * columns, 3.5 * rows))
+    figure.subplots_adjust(left=0.08, right=0.97, bottom=0.12, top=0.95, wspace=0.3, hspace=0.4)
     axes = figure.subplots(rows, columns, squeeze=False).reshape(-1)
     for axis, group in zip(axes, groups, strict=False):
         for key in group:

@@ -71,9 +71,14 @@ def _tokenize_or_stop(
     config: Config,
     run_dir: Path,
     name: str,
+    is_main_process: bool = True,
 ) -> list[TokenizedPair]:
+    """Every process tokenizes all samples; only the main one shows progress and writes."""
     result: TokenizeResult = tokenize_samples(
-        samples, transform, progress=config.train.progress, desc=f"tokenizing {name}"
+        samples,
+        transform,
+        progress=config.train.progress and is_main_process,
+        desc=f"tokenizing {name}",
     )
     if result.problems:
         lines = [f"{p['id']}: {p['field']}: {p['error']}" for p in result.problems[:20]]
@@ -84,10 +89,13 @@ def _tokenize_or_stop(
                 f"{len(result.problems)} {name} sample(s) cannot be tokenized:\n{text}\n"
                 "(fix them, or set data.skip_invalid=true to drop them into invalid_rows.jsonl)"
             )
-        _write_invalid(
-            run_dir, [{**p, "stage": "tokenize", "split": name} for p in result.problems]
-        )
-        print(f"skipped {len(result.problems)} {name} sample(s): see {run_dir}/invalid_rows.jsonl")
+        if is_main_process:
+            _write_invalid(
+                run_dir, [{**p, "stage": "tokenize", "split": name} for p in result.problems]
+            )
+            print(
+                f"skipped {len(result.problems)} {name} sample(s): see {run_dir}/invalid_rows.jsonl"
+            )
     return result.pairs
 
 
@@ -204,8 +212,9 @@ def train(
     processing, is_vlm = load_processing(config)
     settings = TransformSettings(config.data.max_length, config.data.max_prompt_length)
     transform = PairTransform(processing, settings, is_vlm=is_vlm)
-    train_pairs = _tokenize_or_stop(train_samples, transform, config, run_dir, "train")
-    eval_pairs = _tokenize_or_stop(eval_samples, transform, config, run_dir, "eval")
+    main = accelerator.is_main_process
+    train_pairs = _tokenize_or_stop(train_samples, transform, config, run_dir, "train", main)
+    eval_pairs = _tokenize_or_stop(eval_samples, transform, config, run_dir, "eval", main)
     if config.data.limit is not None:
         train_pairs = train_pairs[: config.data.limit]
     pad_id = transform.tokenizer.pad_token_id
@@ -381,7 +390,7 @@ def train(
     last_checkpoint = save(total_steps)
     writer.close()
     bar.close()
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and config.train.plots:
         plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
     accelerator.wait_for_everyone()
     return RunResult(run_dir, total_steps, last_checkpoint, train_stats, eval_stats, skipped)

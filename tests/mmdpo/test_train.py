@@ -48,6 +48,7 @@ def make_config(model_dir, out_dir, *extra):
             "lora.r=4",
             "lora.alpha=8",
             "lora.dropout=0.0",
+            "train.plots=false",
             *extra,
         ],
     )
@@ -58,7 +59,7 @@ def adapter_weights(checkpoint):
 
 
 def test_uni_dpo_run_writes_a_complete_run_folder(tiny_llama_dir, tmp_path):
-    config = make_config(tiny_llama_dir, tmp_path / "run", "train.eval_every=2")
+    config = make_config(tiny_llama_dir, tmp_path / "run", "train.eval_every=2", "train.plots=true")
     result = train(config, arithmetic_pairs(12), arithmetic_pairs(4, seed=1))
     run = tmp_path / "run"
     assert result.steps == 3 and result.final_checkpoint == latest_checkpoint(run)
