@@ -46,6 +46,13 @@ class PairLogps:
         return PairLogps(*(t.detach() for t in self.__dict__.values()))
 
 
+def unwrap(model: Any) -> Any:
+    """The module inside DDP / FSDP / DeepSpeed wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
 def model_family(model: Any) -> str:
     """The ``model_type`` of a (possibly PEFT-wrapped) model's config."""
     return getattr(getattr(model, "config", None), "model_type", "") or ""
@@ -86,8 +93,15 @@ def _per_pair(features: list[torch.Tensor], owners: torch.Tensor, n_pairs: int) 
 
 
 def _vision_kwargs(model: Any, batch: PreferenceBatch) -> dict[str, Any]:
-    """Keyword arguments that give each of the 2B rows its images' features, encoded once."""
+    """Keyword arguments that give each of the 2B rows its images' features, encoded once.
+
+    The encoder runs on the module inside a DDP wrapper (which has neither ``config`` nor
+    ``get_image_features``); the features then enter the wrapper's forward as inputs, so the
+    projector's gradients still reach DDP's all-reduce hooks in the backward.
+    """
     from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model = unwrap(model)
 
     n_pairs = batch.num_pairs
     features: list[torch.Tensor] = []

@@ -8,18 +8,11 @@ from typing import Any
 
 import torch
 
-from mmdpo.forward import PairLogps, concatenated_forward
+from mmdpo.forward import PairLogps, concatenated_forward, unwrap
 from mmdpo.losses import LossSpec
 from mmdpo.models.reference import reference_context
 from mmdpo.reference_cache import ReferenceCache
 from mmdpo.types import LossOutput, PreferenceBatch
-
-
-def unwrap(model: Any) -> Any:
-    """The module inside DDP / FSDP / DeepSpeed wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
 
 
 class ReferenceModel:

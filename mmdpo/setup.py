@@ -18,6 +18,7 @@ from mmdpo.models.lora import apply_lora
 from mmdpo.models.quantization import check_quantization_available
 from mmdpo.models.reference import freeze
 from mmdpo.objective import ReferenceModel, adapter_disabled
+from mmdpo.process import is_main_process
 from mmdpo.reference_cache import ReferenceCache, pair_key
 from mmdpo.types import PreferenceSample, TokenizedPair
 
@@ -68,7 +69,8 @@ def check_run(config: Config, spec: LossSpec, samples: list[PreferenceSample]) -
             f"data: {len(with_images)} sample(s) have images (e.g. {with_images[0]}) but "
             f"{config.model.name_or_path!r} ({model_config.model_type}) is a text-only model"
         )
-    if "score_chosen" in spec.extra_inputs and not any(s.has_scores for s in samples):
+    no_scores = not any(s.has_scores for s in samples)
+    if "score_chosen" in spec.extra_inputs and no_scores and is_main_process():
         print(
             f"warning: loss {spec.name!r} weights pairs by their scores, but no sample has "
             "scores; every pair gets quality weight 1 and the c-NLL gate stays closed"

@@ -194,6 +194,11 @@ def train(
         mixed_precision=config.train.mixed_precision,
         cpu=not torch.cuda.is_available(),
     )
+    if not accelerator.is_main_process:
+        # transformers' own bars (loading weights) would otherwise show once per process.
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     run_dir = Path(config.train.output_dir)
     resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
     if resume and resume_from is None:
