@@ -5,20 +5,27 @@
     mmdpo data inspect PATH --format NAME [--model M]
     mmdpo data formats
     mmdpo losses
-    mmdpo demo [--out DIR] [key=value ...]
+    mmdpo eval BENCH[,BENCH] --model MODEL_OR_RUN [--adapter RUN] [--limit N] | --predictions F
+    mmdpo export RUN [--merge] --out DIR
+    mmdpo score IN OUT --scorer NAME
+    mmdpo pairs PROMPTS OUT --model M --k 8
+    mmdpo demo [--out DIR] [--compare dpo] [key=value ...]
 
 A user's mistake (bad config, bad data, a wrong combination) prints one clear message and
-exits with status 2, never a traceback.
+exits with status 2, never a traceback; set MMDPO_DEBUG=1 to see the traceback anyway.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from mmdpo.config import Config, ConfigError, load_config
+from mmdpo.process import is_main_process
 
 EXIT_USER_ERROR = 2
 
@@ -37,6 +44,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         TrainingError,
         QuantizationUnavailableError,
         FileNotFoundError,
+        ValueError,  # the remaining user mistakes: unknown names, bad arguments, bad rows
     )
 
 
@@ -77,7 +85,7 @@ def load_run_data(config: Config, run_dir: Path) -> tuple[list[Any], list[Any]]:
             )
             samples += result.samples
             invalid += result.invalid
-        if invalid:
+        if invalid and is_main_process():
             run_dir.mkdir(parents=True, exist_ok=True)
             write_invalid_rows(invalid, run_dir / "invalid_rows.jsonl")
             print(f"skipped {len(invalid)} invalid row(s): see {run_dir / 'invalid_rows.jsonl'}")
@@ -117,6 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, overrides)
     result = train_from_config(config, resume=args.resume)
+    if not is_main_process():
+        return 0
     print(f"run folder: {result.run_dir}")
     print(f"final checkpoint: {result.final_checkpoint}")
     for key in ("loss", "rewards/accuracies", "rewards/margins"):
@@ -203,7 +213,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=args.out, overrides=args.words, compare=args.compare)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose arguments live beside their code: module, its add-arguments function, its
+# run function, help. Only the chosen one is imported, so `mmdpo --help` stays fast.
+PLUGINS: dict[str, tuple[str, str, str, str]] = {
+    "eval": ("eval.command", "add_arguments", "run", "run built-in benchmarks on a model or a run"),
+    "export": (
+        "mmdpo.export",
+        "add_arguments",
+        "run",
+        "write a run's adapter, or a merged model, with a model card",
+    ),
+    "score": (
+        "tasks.scoring",
+        "add_score_arguments",
+        "run_score",
+        "attach score_chosen/score_rejected to preference pairs",
+    ),
+    "pairs": (
+        "tasks.pairs",
+        "add_pairs_arguments",
+        "run_pairs",
+        "sample K responses per prompt, score them, build pairs",
+    ),
+}
+
+
+def cmd_plugin(args: argparse.Namespace) -> int:
+    module, _, runner, _ = PLUGINS[args.command]
+    return getattr(importlib.import_module(module), runner)(args)
+
+
+def _add_plugin_commands(sub: Any, wanted: str | None) -> None:
+    for name, (module, add, _, text) in PLUGINS.items():
+        parser = sub.add_parser(name, help=text, description=text)
+        if name == wanted:
+            getattr(importlib.import_module(module), add)(parser)
+        parser.set_defaults(func=cmd_plugin)
+
+
+def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmdpo", description="Uni-DPO and the DPO family for LLMs and VLMs."
     )
@@ -248,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     losses = sub.add_parser("losses", help="list the losses and their defaults")
     losses.set_defaults(func=cmd_losses)
 
+    _add_plugin_commands(sub, wanted)
+
     demo = sub.add_parser("demo", help="the offline demo: a tiny model aligned in minutes")
     demo.add_argument("--out", default="runs/demo", help="run folder")
     demo.add_argument("--compare", default=None, help="also train this loss (e.g. dpo)")
@@ -257,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((word for word in argv if not word.startswith("-")), None))
     # Overrides may come after options (`train text --config F lr=...`): argparse leaves them over.
     args, extra = parser.parse_known_args(argv)
     stray = [word for word in extra if word.startswith("-") or not hasattr(args, "words")]
@@ -268,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except _user_errors() as err:
+        if os.environ.get("MMDPO_DEBUG"):
+            raise
         print(f"mmdpo {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -1,0 +1,462 @@
+"""``mmdpo pairs``: sample K responses per prompt from a model, score them, build pairs.
+
+    mmdpo pairs problems.jsonl pairs.jsonl --model runs/math --k 8             # the paper's math
+    mmdpo pairs prompts.jsonl pairs.jsonl --model M --task text --scorer reward_model \
+        --reward-model RM --k 8 --temperature 0.8
+
+Math (the paper's pipeline, data_adapters/math_pairs.py): each response is checked against
+the gold answer with math-verify; chosen = the best-scoring correct response scoring above
+``--min-chosen-score``, rejected = a lower-scoring correct one, else an incorrect one. Scores
+are the rule score (10 correct, 0 not) unless ``--scorer`` names another (e.g. a reward model).
+Other tasks: every response is rated by ``--scorer`` and the best is paired with the worst.
+Responses are deduplicated first, so a pair never holds one response twice.
+
+Writes OUT (the layout of ``mmdpo score``'s output) and ``OUT.report.json`` (the counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.scoring import (
+    MathScorer,
+    Response,
+    add_scorer_options,
+    check_output,
+    get_scorer,
+    write_samples,
+)
+
+TASK_NAMES = ("math", "text", "vision")
+PROMPT_KEYS = ("prompt", "problem", "question")
+ID_KEYS = ("id", "prompt_id", "idx")
+IMAGE_KEYS = ("images", "image")
+
+
+@dataclass
+class PromptItem:
+    """One prompt to sample from.
+
+    Attributes:
+        id: the row's id (``id``, ``prompt_id`` or ``idx``), else ``STEM:LINE``.
+        prompt: chat messages (a string prompt is one user turn).
+        images: absolute image paths (relative ones resolved against the prompts file).
+        fields: the row's columns (gold answer, instructions, known objects, ...).
+        where: ``FILE:LINE`` for messages.
+    """
+
+    id: str
+    prompt: list[dict[str, Any]]
+    images: list[Any]
+    fields: dict[str, Any]
+    where: str
+
+    def extras(self) -> dict[str, Any]:
+        """The row's columns other than the id, the prompt and the images (kept in meta)."""
+        used = (*PROMPT_KEYS, *ID_KEYS, *IMAGE_KEYS)
+        return {key: value for key, value in self.fields.items() if key not in used}
+
+
+def read_prompts(path: str | Path) -> list[PromptItem]:
+    """Prompt rows from a JSON/JSONL/Parquet file: an id, ``prompt`` (string or messages),
+    ``problem`` or ``question``, optional ``images``, and any columns the scorers read.
+
+    Raises:
+        ValueError: a bad row, as ``FILE:LINE: FIELD: what is wrong``.
+    """
+    from data_adapters.fields import FieldError, attach_images, first_present, to_messages
+    from data_adapters.images import ImageRefError, resolve_image
+    from data_adapters.loaders import RowError, describe_source, read_rows
+
+    info = describe_source(path)
+    items, seen = [], Counter()
+    for line, row in read_rows(path):
+        where = f"{info.label}:{line}"
+        if isinstance(row, RowError):
+            raise ValueError(f"{where}: {row.field}: {row.message}")
+        try:
+            key = first_present(row, *PROMPT_KEYS)
+            if key is None:
+                raise FieldError("prompt", f"missing field (one of {', '.join(PROMPT_KEYS)})")
+            messages = to_messages(row[key], key)
+            image_key = first_present(row, *IMAGE_KEYS)
+            images = []
+            if image_key:
+                values = row[image_key] if isinstance(row[image_key], list) else [row[image_key]]
+                for index, value in enumerate(values):
+                    try:
+                        images.append(resolve_image(value, info.base_dir))
+                    except ImageRefError as error:
+                        raise FieldError(f"{image_key}[{index}]", str(error)) from None
+                messages = attach_images(messages, len(images), key)
+        except FieldError as error:
+            raise ValueError(f"{where}: {error.field}: {error.message}") from None
+        if not any(_has_text(message["content"]) for message in messages):
+            raise ValueError(f"{where}: {key}: empty prompt")
+        id_key = first_present(row, *ID_KEYS)
+        sample_id = str(row[id_key]) if id_key else f"{info.stem}:{line}"
+        seen[sample_id] += 1
+        if seen[sample_id] > 1:
+            sample_id = f"{sample_id}#{seen[sample_id]}"
+        items.append(PromptItem(sample_id, messages, images, dict(row), where))
+    if not items:
+        raise ValueError(f"{info.label}: no prompts")
+    return items
+
+
+def _has_text(content: Any) -> bool:
+    if isinstance(content, str):
+        return bool(content.strip())
+    return any(str(part.get("text", "")).strip() for part in content)
+
+
+def sample_responses(
+    loaded: Any,
+    items: list[PromptItem],
+    *,
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    seed: int,
+    progress: bool = True,
+) -> tuple[list[list[str]], dict[str, Any]]:
+    """K sampled responses per prompt (K copies of each prompt, batched), seeded."""
+    from transformers import set_seed
+
+    from eval.base import Prompt
+    from eval.runner import generate
+
+    prompts = [Prompt(item.prompt, list(item.images)) for item in items for _ in range(k)]
+    set_seed(seed)
+    responses, stats = generate(
+        loaded.model,
+        loaded.processing,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        is_vlm=loaded.is_vlm,
+        greedy=False,
+        temperature=temperature,
+        top_p=top_p,
+        progress=progress,
+        desc="sampling",
+    )
+    return [responses[i * k : (i + 1) * k] for i in range(len(items))], stats
+
+
+# ---------------------------------------------------------------------------- pairing
+
+
+@dataclass
+class BestWorstReport:
+    """What happened to the prompts; every prompt without a pair is counted in one reason."""
+
+    prompts: int = 0
+    responses: int = 0
+    pairs: int = 0
+    duplicates_dropped: int = 0
+    empty_dropped: int = 0
+    nan_score_dropped: int = 0
+    too_few_distinct: int = 0  # fewer than two distinct non-empty responses
+    all_tied: int = 0  # the best and the worst response score the same
+
+    @property
+    def no_pair(self) -> int:
+        return self.prompts - self.pairs
+
+
+@dataclass
+class _Rated:
+    index: int
+    text: str
+    score: float = field(default=math.nan)
+
+
+def best_vs_worst(
+    items: list[PromptItem],
+    responses: list[list[str]],
+    scores: list[list[float]],
+    *,
+    modality: str,
+    source: str,
+) -> tuple[list[Any], BestWorstReport]:
+    """One pair per prompt: its best response (highest score, earliest on ties) against its
+    worst (lowest score, earliest on ties), after dropping empty and repeated responses
+    (whitespace-normalised, first copy kept) and NaN scores; no pair when they tie."""
+    from mmdpo.types import PreferenceSample
+
+    report = BestWorstReport(prompts=len(items))
+    samples = []
+    for item, texts, values in zip(items, responses, scores, strict=True):
+        report.responses += len(texts)
+        seen: set[str] = set()
+        rated = []
+        for index, (text, value) in enumerate(zip(texts, values, strict=True)):
+            key = " ".join(text.split())
+            if not key:
+                report.empty_dropped += 1
+            elif key in seen:
+                report.duplicates_dropped += 1
+            elif math.isnan(value):
+                seen.add(key)
+                report.nan_score_dropped += 1
+            else:
+                seen.add(key)
+                rated.append(_Rated(index, text, float(value)))
+        if len(rated) < 2:
+            report.too_few_distinct += 1
+            continue
+        chosen = min(rated, key=lambda r: (-r.score, r.index))
+        rejected = min(rated, key=lambda r: (r.score, r.index))
+        if not chosen.score > rejected.score:
+            report.all_tied += 1
+            continue
+        report.pairs += 1
+        meta = {
+            **item.extras(),
+            "prompt_id": item.id,
+            "index_chosen": chosen.index,
+            "index_rejected": rejected.index,
+            "num_responses": len(texts),
+            "num_unique_responses": len(rated),
+        }
+        samples.append(
+            PreferenceSample(
+                id=item.id,
+                prompt=item.prompt,
+                chosen=chosen.text,
+                rejected=rejected.text,
+                images=list(item.images),
+                score_chosen=chosen.score,
+                score_rejected=rejected.score,
+                modality=modality if item.images or modality != "vision" else "text",
+                source=source,
+                meta=meta,
+            )
+        )
+    return samples, report
+
+
+def _responses(item: PromptItem, texts: list[str]) -> list[Response]:
+    return [Response(item.prompt, text, item.fields, item.where) for text in texts]
+
+
+def score_all(
+    scorer: Any, items: list[PromptItem], responses: list[list[str]]
+) -> list[list[float]]:
+    """Every response rated in one scorer call (batched), regrouped per prompt."""
+    flat = [
+        r for item, texts in zip(items, responses, strict=True) for r in _responses(item, texts)
+    ]
+    values = iter(scorer.score(flat))
+    return [[next(values) for _ in texts] for texts in responses]
+
+
+def math_pairs(
+    items: list[PromptItem],
+    responses: list[list[str]],
+    scores: list[list[float]] | None,
+    *,
+    gold_field: str | None,
+    min_chosen_score: float,
+    source: str,
+    timeout_s: float | None,
+) -> tuple[list[Any], dict[str, Any]]:
+    """The paper's math rule (data_adapters.math_pairs) over the sampled responses."""
+    from data_adapters.math_pairs import MathProblem, build_math_pairs
+
+    golds = [MathScorer(gold_field).gold(_responses(item, [""])[0]) for item in items]
+    problems = [
+        MathProblem(
+            id=item.id,
+            prompt=item.prompt,
+            gold=gold,
+            responses=texts,
+            scores=None if scores is None else scores[index],
+            meta=item.extras(),
+        )
+        for index, (item, gold, texts) in enumerate(zip(items, golds, responses, strict=True))
+    ]
+    correct = score_all(MathScorer(gold_field, timeout_s), items, responses)
+    result = build_math_pairs(
+        problems, min_chosen_score=min_chosen_score, source=source, timeout_s=timeout_s
+    )
+    counts = asdict(result.report)
+    counts = {"prompts": counts.pop("problems"), **counts, "no_pair": result.report.no_pair}
+    counts["correct_responses"] = sum(value > 0 for values in correct for value in values)
+    return result.samples, counts
+
+
+# ---------------------------------------------------------------------------- command
+
+
+def add_pairs_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``mmdpo pairs`` (the caller owns the parser and its help)."""
+    parser.add_argument("prompts", metavar="PROMPTS", help="prompts file (JSON/JSONL/Parquet)")
+    parser.add_argument("out", metavar="OUT", help="output pairs JSONL (TRL layout, with scores)")
+    parser.add_argument("--model", required=True, help="model folder, hub id or mmdpo run folder")
+    parser.add_argument("--adapter", help="mmdpo run (or checkpoint) whose adapter goes on --model")
+    parser.add_argument("--dtype", help="policy weights dtype (default: the run's; fp32 on CPU)")
+    parser.add_argument("--k", type=int, default=8, help="responses sampled per prompt (8)")
+    parser.add_argument("--task", default="math", help=f"one of {', '.join(TASK_NAMES)} (math)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1.0: off)")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="cap per response (512)")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per batch (8)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
+    parser.add_argument(
+        "--min-chosen-score", type=float, default=6.0, help="math: chosen must score above (6)"
+    )
+    parser.add_argument("--source", default="pairs", help="the pairs' source name (pairs)")
+    parser.add_argument("--reward-model", help="reward_model scorer: the model to rate with")
+    parser.add_argument("--reward-dtype", help="reward_model scorer: weights dtype")
+    parser.add_argument(
+        "--save-responses",
+        action="store_true",
+        help="also write every response to OUT.responses.jsonl",
+    )
+    add_scorer_options(parser)
+    parser.set_defaults(reward_model_flag="--reward-model")
+
+
+def _check_options(args: argparse.Namespace) -> Any:
+    """The scorer spec (or None), after checking the options; raises ValueError."""
+    if args.task not in TASK_NAMES:
+        raise ValueError(f"unknown task {args.task!r}; valid tasks: {', '.join(TASK_NAMES)}")
+    if args.k < 2:
+        raise ValueError(f"--k must be at least 2 to make a pair, got {args.k}")
+    if args.max_new_tokens < 1 or args.batch_size < 1:
+        raise ValueError("--max-new-tokens and --batch-size must be at least 1")
+    if args.temperature <= 0:
+        raise ValueError(f"--temperature must be above 0 for sampling, got {args.temperature}")
+    if args.scorer is None:
+        if args.task != "math":
+            raise ValueError(
+                f"--task {args.task} needs --scorer (reward_model, ifeval, objects or math)"
+            )
+        return None
+    spec = get_scorer(args.scorer)
+    if spec.name == "column":
+        raise ValueError("the column scorer copies existing ratings; it cannot rate new responses")
+    return spec
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    """Run ``mmdpo pairs``. User mistakes raise ValueError / FileNotFoundError."""
+    from eval.runner import load_for_eval
+
+    spec = _check_options(args)
+    if not Path(args.prompts).expanduser().is_file():
+        raise FileNotFoundError(f"{args.prompts}: file not found")
+    outputs = [args.out, f"{args.out}.report.json"]
+    if args.save_responses:
+        outputs.append(f"{args.out}.responses.jsonl")
+    for path in outputs:
+        check_output(path, [args.prompts], overwrite=args.overwrite)
+    items = read_prompts(args.prompts)
+    timeout = (
+        None
+        if args.verify_timeout is not None and args.verify_timeout <= 0
+        else args.verify_timeout
+    )
+    if args.task == "math":  # every gold answer before any model is loaded
+        for item in items:
+            MathScorer(args.gold_field).gold(_responses(item, [""])[0])
+
+    loaded = load_for_eval(args.model, args.adapter, dtype=args.dtype)
+    responses, stats = sample_responses(
+        loaded,
+        items,
+        k=args.k,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    base, adapter = loaded.base, loaded.adapter
+    del loaded  # free the policy before a reward model loads
+    gc.collect()
+
+    if args.task == "math" and spec is not None and spec.name == "math":
+        spec = None  # the builder's own rule score: 10 correct, 0 not
+    scorer = spec.build(args) if spec is not None else None
+    scores = score_all(scorer, items, responses) if scorer is not None else None
+    if args.task == "math":
+        samples, counts = math_pairs(
+            items,
+            responses,
+            scores,
+            gold_field=args.gold_field,
+            min_chosen_score=args.min_chosen_score,
+            source=args.source,
+            timeout_s=timeout,
+        )
+    else:
+        samples, best_worst = best_vs_worst(
+            items, responses, scores, modality=args.task, source=args.source
+        )
+        counts = {**asdict(best_worst), "no_pair": best_worst.no_pair}
+    write_samples(samples, args.out, inputs=[args.prompts], overwrite=args.overwrite)
+    if args.save_responses:
+        _write_responses(Path(outputs[2]), items, responses, scores)
+    report = {
+        "prompts_file": str(args.prompts),
+        "out": str(args.out),
+        "model": str(args.model),
+        "base_model": base,
+        "adapter": adapter,
+        "task": args.task,
+        "scorer": spec.name if spec is not None else "math (rule: 10 correct, 0 not)",
+        "k": args.k,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "min_chosen_score": args.min_chosen_score if args.task == "math" else None,
+        "counts": counts,
+        "generation": stats,
+    }
+    Path(outputs[1]).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(format_report(counts))
+    if not samples:
+        print(f"note: no pair was built, so {args.out} is empty (see the counts above)")
+    print(f"wrote {args.out} and {outputs[1]}")
+    return 0
+
+
+def format_report(counts: dict[str, Any]) -> str:
+    head = (
+        f"{counts['prompts']} prompts, {counts['responses']} "
+        f"responses -> {counts['pairs']} pairs ({counts['no_pair']} prompts without a pair)"
+    )
+    rest = ", ".join(
+        f"{key}: {value}"
+        for key, value in counts.items()
+        if key not in ("prompts", "responses", "pairs", "no_pair")
+    )
+    return f"{head}\n  {rest}"
+
+
+def _write_responses(
+    path: Path,
+    items: list[PromptItem],
+    responses: list[list[str]],
+    scores: list[list[float]] | None,
+) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for index, (item, texts) in enumerate(zip(items, responses, strict=True)):
+            row = {"id": item.id, "responses": texts}
+            if scores is not None:
+                row["scores"] = scores[index]
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
