@@ -4,7 +4,9 @@ Standard: ``{"prompt": "...", "chosen": "...", "rejected": "..."}``. Conversatio
 keys holding lists of ``{"role", "content"}`` messages. Implicit prompt: no ``prompt`` key;
 the shared beginning of ``chosen`` and ``rejected`` is the prompt. Vision: an ``images`` (or
 ``image``) key; the prompt's ``{"type": "image"}`` parts or ``<image>`` placeholders mark
-where they go. Optional: ``rejected_images``, ``score_chosen``, ``score_rejected``.
+where they go. Optional: ``rejected_images``, ``score_chosen``, ``score_rejected``, and
+``modality`` (text, math or vision; files written by ``mmdpo score`` / ``mmdpo pairs`` carry
+it, so math pairs read back as math).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from data_adapters.fields import (
     prompt_and_responses,
     resolve_images,
 )
-from mmdpo.types import PreferenceSample
+from mmdpo.types import MODALITIES, PreferenceSample
 
 
 def convert_trl(row: dict[str, Any], ctx: RowContext) -> PreferenceSample:
@@ -51,7 +53,16 @@ def convert_trl(row: dict[str, Any], ctx: RowContext) -> PreferenceSample:
         rejected_images=rejected_images,
         score_chosen=parse_score(row, "score_chosen"),
         score_rejected=parse_score(row, "score_rejected"),
-        modality="vision" if images else "text",
+        modality=_modality(row, default="vision" if images else "text"),
         source=ctx.source,
         meta=ctx.meta(),
     )
+
+
+def _modality(row: dict[str, Any], default: str) -> str:
+    value = row.get("modality")
+    if value is None:
+        return default
+    if value not in MODALITIES:
+        raise FieldError("modality", f"{value!r} is not one of {', '.join(MODALITIES)}")
+    return value

@@ -401,3 +401,17 @@ def test_modality_override_applies_to_every_sample(tmp_path):
     row = {"prompt": "1+1?", "chosen": "2", "rejected": "3"}
     sample = load_one(tmp_path, row, "trl", modality="math")
     assert sample.modality == "math"
+
+
+def test_trl_rows_may_name_their_modality():
+    from data_adapters import load_samples
+
+    rows = [
+        {"prompt": "1+1?", "chosen": "2", "rejected": "3", "modality": "math"},
+        {"prompt": "hi", "chosen": "hello", "rejected": "go"},
+    ]
+    samples = load_samples(rows, "trl").samples
+    assert [s.modality for s in samples] == ["math", "text"]
+    bad = [{"prompt": "x", "chosen": "a", "rejected": "b", "modality": "audio"}]
+    result = load_samples(bad, "trl", skip_invalid=True)
+    assert "modality: 'audio' is not one of text, math, vision" in str(result.problems[0])
