@@ -26,6 +26,7 @@ def tokenize_samples(
     *,
     progress: bool = True,
     desc: str = "tokenizing",
+    chunk_size: int = 256,
 ) -> TokenizeResult:
     """Run the model transform over every sample; problems are collected, never dropped silently.
 
@@ -33,18 +34,24 @@ def tokenize_samples(
     """
     pairs: list[TokenizedPair] = []
     problems: list[dict[str, Any]] = []
-    for sample in tqdm(samples, desc=desc, disable=not progress, unit="pair"):
-        try:
-            pairs.append(transform(sample))
-        except SampleTooLongError as err:
-            problems.append({"id": sample.id, "field": "prompt", "error": str(err)})
-        except (ValueError, OSError, TypeError) as err:
-            where = sample.meta.get("file"), sample.meta.get("line")
-            field_name = "images" if sample.images or sample.rejected_images else "prompt"
-            problems.append(
-                {"id": sample.id, "field": field_name, "error": str(err), "where": where}
-            )
+    with tqdm(total=len(samples), desc=desc, disable=not progress, unit="pair") as bar:
+        for start in range(0, len(samples), chunk_size):
+            chunk = samples[start : start + chunk_size]
+            for sample, result in zip(chunk, transform.many(list(chunk)), strict=True):
+                if isinstance(result, TokenizedPair):
+                    pairs.append(result)
+                else:
+                    problems.append(_problem(sample, result))
+            bar.update(len(chunk))
     return TokenizeResult(pairs, problems)
+
+
+def _problem(sample: PreferenceSample, error: Exception) -> dict[str, Any]:
+    if isinstance(error, SampleTooLongError):
+        return {"id": sample.id, "field": "prompt", "error": str(error)}
+    field_name = "images" if sample.images or sample.rejected_images else "prompt"
+    where = sample.meta.get("file"), sample.meta.get("line")
+    return {"id": sample.id, "field": field_name, "error": str(error), "where": where}
 
 
 def split_eval(

@@ -146,35 +146,47 @@ class PairTransform:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def response_ids(self, prompt: list[Message], prompt_text: str, response: str) -> list[int]:
-        """The assistant turn after the prompt as the template renders it, ending with EOS."""
+    def _encode_many(self, texts: list[str]) -> list[list[int]]:
+        """One batched tokenizer call (the Rust tokenizer spreads it over the cores)."""
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def response_text(self, prompt: list[Message], prompt_text: str, response: str) -> str:
+        """The assistant turn after the prompt, as the chat template renders it."""
         full = self.render(
             [*prompt, {"role": "assistant", "content": response}], add_generation_prompt=False
         )
         if full.startswith(prompt_text):
-            ids = self._encode(full[len(prompt_text) :])
-        else:  # templates that rewrite earlier turns: fall back to the raw text
-            ids = self._encode(response)
-        # Keep the template's end-of-turn, drop what follows it (a newline), then end with EOS.
+            return full[len(prompt_text) :]
+        return response  # templates that rewrite earlier turns: fall back to the raw text
+
+    def end_with_eos(self, ids: list[int]) -> list[int]:
+        """Keep the template's end-of-turn, drop what follows it (a newline); end with EOS."""
         if self.eos_token_id in ids:
-            ids = ids[: len(ids) - ids[::-1].index(self.eos_token_id)]
-        else:
-            while ids and not self.tokenizer.decode(ids[-1:]).strip() and len(ids) > 1:
-                ids = ids[:-1]
-            ids.append(self.eos_token_id)
-        return ids
+            return ids[: len(ids) - ids[::-1].index(self.eos_token_id)]
+        while len(ids) > 1 and not self.tokenizer.decode(ids[-1:]).strip():
+            ids = ids[:-1]
+        return [*ids, self.eos_token_id]
+
+    def response_ids(self, prompt: list[Message], prompt_text: str, response: str) -> list[int]:
+        """The assistant turn after the prompt as the template renders it, ending with EOS."""
+        return self.end_with_eos(self._encode(self.response_text(prompt, prompt_text, response)))
+
+    def _text_prompt(self, sample: PreferenceSample) -> tuple[list[Message], str]:
+        prompt = _text_only(sample.prompt) if not self.is_vlm else sample.prompt
+        return prompt, self.render(prompt, add_generation_prompt=True)
+
+    def _cap_prompt(self, ids: list[int]) -> list[int]:
+        limit = self.settings.max_prompt_length
+        return ids[-limit:] if limit is not None and len(ids) > limit else ids
 
     def _prompt(
         self, sample: PreferenceSample, images: list[Any] | None
-    ) -> tuple[list[int], dict[str, torch.Tensor] | None, list[Message]]:
+    ) -> tuple[list[int], dict[str, torch.Tensor] | None, list[Message], str]:
         if not images:
-            prompt = _text_only(sample.prompt) if not self.is_vlm else sample.prompt
-            text = self.render(prompt, add_generation_prompt=True)
-            ids = self._encode(text)
-            limit = self.settings.max_prompt_length
-            if limit is not None and len(ids) > limit:
-                ids = ids[-limit:]
-            return ids, None, prompt
+            prompt, text = self._text_prompt(sample)
+            return self._cap_prompt(self._encode(text)), None, prompt, text
         if not self.is_vlm:
             raise ValueError(f"sample {sample.id}: images: this model is text-only")
         prompt = _with_image_parts(sample.prompt, len(images))
@@ -190,21 +202,77 @@ class PairTransform:
             value = image_inputs.get(key)
             if value is not None and value.dim() == batched_dims:
                 image_inputs[key] = value[0]
-        return ids, image_inputs, prompt
+        return ids, image_inputs, prompt, text
 
     def __call__(self, sample: PreferenceSample) -> TokenizedPair:
-        prompt_ids, image_inputs, prompt = self._prompt(sample, sample.images)
-        prompt_text = self.render(prompt, add_generation_prompt=True)
+        prompt_ids, image_inputs, prompt, prompt_text = self._prompt(sample, sample.images)
         chosen_ids = self.response_ids(prompt, prompt_text, sample.chosen)
         rejected_prompt_ids = rejected_image_inputs = None
         rejected_prompt, rejected_prompt_text = prompt, prompt_text
         if sample.rejected_images is not None:
-            rejected_prompt_ids, rejected_image_inputs, rejected_prompt = self._prompt(
-                sample, sample.rejected_images
+            rejected_prompt_ids, rejected_image_inputs, rejected_prompt, rejected_prompt_text = (
+                self._prompt(sample, sample.rejected_images)
             )
-            rejected_prompt_text = self.render(rejected_prompt, add_generation_prompt=True)
         rejected_ids = self.response_ids(rejected_prompt, rejected_prompt_text, sample.rejected)
+        return self._assemble(
+            sample,
+            prompt_ids,
+            chosen_ids,
+            rejected_ids,
+            image_inputs=image_inputs,
+            rejected_prompt_ids=rejected_prompt_ids,
+            rejected_image_inputs=rejected_image_inputs,
+        )
 
+    def many(self, samples: list[PreferenceSample]) -> list[TokenizedPair | Exception]:
+        """Transform several samples; text samples share one batched tokenizer call.
+
+        Returns one entry per sample, in order: the pair, or the exception that sample raised
+        (the caller reports it by id).
+        """
+        results: list[TokenizedPair | Exception | None] = [None] * len(samples)
+        texts: list[str] = []
+        text_rows: list[int] = []
+        for index, sample in enumerate(samples):
+            try:
+                if sample.images or sample.rejected_images is not None:
+                    results[index] = self(sample)
+                    continue
+                prompt, prompt_text = self._text_prompt(sample)
+                texts += [
+                    prompt_text,
+                    self.response_text(prompt, prompt_text, sample.chosen),
+                    self.response_text(prompt, prompt_text, sample.rejected),
+                ]
+                text_rows.append(index)
+            except (ValueError, OSError, TypeError) as err:
+                results[index] = err
+        encoded = self._encode_many(texts)
+        for offset, index in enumerate(text_rows):
+            prompt_ids, chosen_ids, rejected_ids = encoded[3 * offset : 3 * offset + 3]
+            try:
+                results[index] = self._assemble(
+                    samples[index],
+                    self._cap_prompt(prompt_ids),
+                    self.end_with_eos(chosen_ids),
+                    self.end_with_eos(rejected_ids),
+                )
+            except ValueError as err:
+                results[index] = err
+        return results  # type: ignore[return-value]
+
+    def _assemble(
+        self,
+        sample: PreferenceSample,
+        prompt_ids: list[int],
+        chosen_ids: list[int],
+        rejected_ids: list[int],
+        *,
+        image_inputs: dict[str, torch.Tensor] | None = None,
+        rejected_prompt_ids: list[int] | None = None,
+        rejected_image_inputs: dict[str, torch.Tensor] | None = None,
+    ) -> TokenizedPair:
+        """Cut the responses to the length budget (never the prompt's image tokens)."""
         max_length = self.settings.max_length
         longest_prompt = max(len(prompt_ids), len(rejected_prompt_ids or []))
         budget = max_length - longest_prompt
