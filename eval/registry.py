@@ -6,6 +6,7 @@ from eval.base import Benchmark
 from eval.chair import CHAIR
 from eval.export import AlpacaEval, ArenaHard, MMHalBench, MTBench
 from eval.gsm8k import GSM8K
+from eval.ifeval.benchmark import IFEval
 from eval.math500 import Math500, MathJsonl
 from eval.pope import POPE
 from eval.preference import Preference
@@ -21,8 +22,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "arena_hard": ArenaHard(),
     "mt_bench": MTBench(),
     "mmhal_bench": MMHalBench(),
-    # --- ifeval: registered here by the lead once eval/ifeval/ lands ---
-    # "ifeval": IFEval(),
+    "ifeval": IFEval(),
 }
 
 

@@ -8,12 +8,15 @@ on-disk cache of `mmdpo.tiny.build_tokenizer` after its first build.
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from mmdpo.config import load_config
 from mmdpo.tiny import build_tokenizer, save_tiny_causal_lm, save_tiny_vlm
+from mmdpo.types import PreferenceSample
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +59,47 @@ def tiny_vlm_dir(tmp_path_factory, session_tokenizer) -> Callable[[str], Path]:
         return built[family]
 
     return get
+
+
+# --- plain helpers for engine tests -------------------------------------------------------
+
+
+def arithmetic_pairs(n, seed=0, with_scores=True):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        out.append(
+            PreferenceSample(
+                id=f"p{i}",
+                prompt=f"What is {a} plus {b}?",
+                chosen=f"The answer is {a + b}.",
+                rejected=f"The answer is {a + b + 1}.",
+                score_chosen=rng.uniform(5, 9) if with_scores else None,
+                score_rejected=rng.uniform(1, 5) if with_scores else None,
+                source="arith",
+            )
+        )
+    return out
+
+
+def make_config(model_dir, out_dir, *extra):
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            "data.train=in-memory",
+            f"train.output_dir={out_dir}",
+            "model.dtype=float32",
+            "train.batch_size=2",
+            "train.max_steps=3",
+            "train.learning_rate=1e-3",
+            "train.warmup_ratio=0",
+            "train.progress=false",
+            "lora.r=4",
+            "lora.alpha=8",
+            "lora.dropout=0.0",
+            "train.plots=false",
+            *extra,
+        ],
+    )

@@ -1,0 +1,238 @@
+"""The generation runner on tiny models: left padding, stop strings, VLMs, runs, margins."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from eval.base import user_prompt
+from eval.registry import get_benchmark
+from eval.runner import (
+    EvalError,
+    _encode_batch,
+    cut_at_stop,
+    generate,
+    load_for_eval,
+    margin_settings,
+    render_prompt,
+    run_benchmarks,
+)
+from mmdpo.models.loading import load_policy
+from tests.fixtures import arithmetic_pairs, make_config
+
+PROMPTS = [
+    "What is 2 plus 3?",
+    "Tell me a long story about a cat and a dog who are friends and live near a river.",
+    "Hi",
+    "Name three colors.",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_llama_dir):
+    model, tokenizer, _ = load_policy(tiny_llama_dir, prepare_for_training=False)
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_llama_dir, tmp_path_factory):
+    """An mmdpo run folder: the tiny Llama trained for one step (lr high enough to move)."""
+    from mmdpo.train import train
+
+    run = tmp_path_factory.mktemp("runs") / "run"
+    config = make_config(tiny_llama_dir, run, "train.max_steps=1", "train.learning_rate=5e-2")
+    train(config, arithmetic_pairs(4))
+    return run
+
+
+def test_cut_at_stop_cuts_at_the_earliest_stop_string():
+    assert cut_at_stop("a ## b Q: c", ["Q:", "##"]) == "a "
+    assert cut_at_stop("no stop here", ["Q:"]) == "no stop here"
+    assert cut_at_stop("text", []) == "text"
+
+
+def test_batches_are_left_padded(tiny_llama):
+    _, tokenizer = tiny_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:3]]
+    texts = [render_prompt(tokenizer, prompt, is_vlm=False) for prompt in prompts]
+    assert texts[0].endswith("<|im_start|>assistant\n")  # the generation prompt is there
+    inputs = _encode_batch(tokenizer, texts, prompts, is_vlm=False)
+    mask = inputs["attention_mask"]
+    assert (mask[:, -1] == 1).all(), "every prompt must end at the last column"
+    short = int(mask[2].sum())  # "Hi": padding first, then its tokens
+    assert short < int(mask[1].sum())
+    assert (mask[2, :-short] == 0).all() and (mask[2, -short:] == 1).all()
+    assert tokenizer.padding_side == "right", "the tokenizer's padding side is restored"
+
+
+def test_batched_greedy_generation_equals_one_prompt_at_a_time(tiny_llama):
+    model, tokenizer = tiny_llama
+    prompts = [user_prompt(text) for text in PROMPTS]
+    batched, stats = generate(
+        model, tokenizer, prompts, max_new_tokens=10, batch_size=4, progress=False
+    )
+    alone = [
+        generate(model, tokenizer, [prompt], max_new_tokens=10, batch_size=1, progress=False)[0][0]
+        for prompt in prompts
+    ]
+    assert batched == alone
+    assert len(set(batched)) > 1, "different prompts should give different responses"
+    assert stats["n"] == 4 and stats["samples_per_s"] > 0 and 0 < stats["new_tokens"] <= 40
+
+
+def test_stop_strings_cut_the_response(tiny_llama):
+    model, tokenizer = tiny_llama
+    prompts = [user_prompt(PROMPTS[1])]
+    (full,), full_stats = generate(model, tokenizer, prompts, max_new_tokens=16, progress=False)
+    # Two ASCII letters after the start: the random model also writes partial UTF-8 bytes
+    # ("\ufffd" once decoded), which no token contains, so they cannot stop generation.
+    found = re.search(r"[A-Za-z]{2}", full[2:])
+    assert found, full
+    stop = found.group()
+    (cut,), cut_stats = generate(
+        model, tokenizer, prompts, max_new_tokens=16, stop=[stop], progress=False
+    )
+    assert cut == full[: full.find(stop)].strip()
+    assert cut_stats["new_tokens"] < full_stats["new_tokens"], "generation stopped early"
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_vlm_generates_for_pope_items_with_images(tiny_vlm_dir, family):
+    model, processor, info = load_policy(tiny_vlm_dir(family), prepare_for_training=False)
+    assert info.is_vlm
+    pope = get_benchmark("pope")
+    prompts = [pope.build_prompt(item) for item in pope.load(None, 3).items]
+    assert all(len(prompt.images) == 1 for prompt in prompts)
+    batched, _ = generate(
+        model, processor, prompts, max_new_tokens=5, batch_size=3, is_vlm=True, progress=False
+    )
+    alone = generate(model, processor, prompts[:1], max_new_tokens=5, is_vlm=True, progress=False)
+    assert len(batched) == 3 and all(isinstance(text, str) for text in batched)
+    assert batched[0] == alone[0][0]
+
+
+def test_run_benchmarks_gsm8k_and_ifeval_end_to_end(tiny_llama_dir, tmp_path):
+    results = run_benchmarks(
+        "gsm8k,ifeval",
+        model=str(tiny_llama_dir),
+        limit=3,
+        out_dir=tmp_path,
+        max_new_tokens=6,
+        progress=False,
+    )
+    assert [result.benchmark for result in results] == ["gsm8k", "ifeval"]
+    gsm8k, ifeval = results
+    assert gsm8k.n == 3 and gsm8k.generated and gsm8k.model == str(tiny_llama_dir)
+    assert gsm8k.adapter is None
+    assert gsm8k.generation["max_new_tokens"] == 6 and gsm8k.generation["do_sample"] is False
+    assert gsm8k.extra["throughput"]["samples_per_s"] > 0
+    assert 0.0 <= gsm8k.metrics["exact_match_strict"] <= 1.0
+    assert set(ifeval.metrics) == {
+        "prompt_level_strict_acc",
+        "inst_level_strict_acc",
+        "prompt_level_loose_acc",
+        "inst_level_loose_acc",
+    }
+    assert ifeval.records[0]["follow_strict"] and "response" in ifeval.records[0]
+    saved = json.loads((tmp_path / "gsm8k.json").read_text())
+    assert saved["generation"]["max_new_tokens"] == 6
+    lines = (tmp_path / "ifeval.samples.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+
+
+def test_run_benchmarks_reads_a_data_file(tiny_llama_dir, tmp_path):
+    data = tmp_path / "test.jsonl"
+    rows = [
+        {"question": f"What is {i} plus 1?", "answer": f"{i}+1\n#### {i + 1}"} for i in range(5)
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (result,) = run_benchmarks(
+        ["gsm8k"], model=str(tiny_llama_dir), data=data, limit=2, max_new_tokens=2, progress=False
+    )
+    assert not result.generated and result.source == str(data) and result.n == 2
+
+
+def test_run_benchmarks_pope_and_chair_on_a_tiny_vlm(tiny_vlm_dir):
+    results = run_benchmarks(
+        ["pope", "chair"],
+        model=str(tiny_vlm_dir("qwen2_vl")),
+        limit=2,
+        max_new_tokens=4,
+        progress=False,
+    )
+    pope, chair = results
+    assert pope.n == 2 and {"accuracy", "f1", "yes_ratio"} <= set(pope.metrics)
+    assert all(record["extracted"] in ("yes", "no") for record in pope.records)
+    assert chair.n == 2 and "chair_s" in chair.metrics
+    assert chair.records[0]["ground_truth"], "the shapes-world scene has annotated objects"
+
+
+def _response_logp(model, ids, n_prompt, average=True):
+    """Mean log-prob of ids[n_prompt:] given what precedes each token: a plain forward."""
+    logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+    targets = torch.tensor(ids[1:])
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, targets[:, None])[:, 0]
+    response = logps[n_prompt - 1 :]
+    return response.mean() if average else response.sum()
+
+
+def test_preference_margins_on_a_run_folder(tiny_run, tmp_path):
+    (result,) = run_benchmarks(["preference"], model=str(tiny_run), limit=3, progress=False)
+    assert result.adapter.endswith("step-000001")
+    assert result.generation["beta"] == 2.0 and result.generation["logps"] == "mean"
+    assert result.n == 3 and "accuracy" in result.metrics
+    margins = [record["margin"] for record in result.records]
+    assert any(abs(margin) > 0 for margin in margins), "the adapter changed nothing"
+
+    # The first pair's margin from plain forwards, with the adapter on and off.
+    from eval.preference import to_sample
+    from mmdpo.data.transform import PairTransform, TransformSettings
+
+    loaded = load_for_eval(str(tiny_run))
+    pair = PairTransform(loaded.processing, TransformSettings(1024))(
+        to_sample(get_benchmark("preference").load(None, 1).items[0])
+    )
+    n_prompt = len(pair.prompt_ids)
+    chosen, rejected = pair.prompt_ids + pair.chosen_ids, pair.prompt_ids + pair.rejected_ids
+    with torch.no_grad():
+        policy = [_response_logp(loaded.model, ids, n_prompt) for ids in (chosen, rejected)]
+        with loaded.model.disable_adapter():
+            reference = [_response_logp(loaded.model, ids, n_prompt) for ids in (chosen, rejected)]
+    expected = 2.0 * ((policy[0] - reference[0]) - (policy[1] - reference[1]))
+    assert margins[0] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_adapter_on_top_of_a_model_equals_the_run_folder(tiny_run, tiny_llama_dir):
+    as_run = run_benchmarks(["preference"], model=str(tiny_run), limit=2, progress=False)[0]
+    on_top = run_benchmarks(
+        ["preference"], model=str(tiny_llama_dir), adapter=str(tiny_run), limit=2, progress=False
+    )[0]
+    assert on_top.adapter == as_run.adapter
+    assert [r["margin"] for r in on_top.records] == pytest.approx(
+        [r["margin"] for r in as_run.records]
+    )
+
+
+def test_margin_settings_follow_the_run_loss():
+    assert margin_settings({}) == (2.0, True, "uni_dpo")  # the default loss, mean log-probs
+    beta, average, name = margin_settings({"loss": {"name": "dpo", "kwargs": {"beta": 0.3}}})
+    assert (beta, average, name) == (0.3, False, "dpo")
+    forced = margin_settings({"loss": {"name": "dpo", "length_normalized": True}})
+    assert forced[1] is True
+
+
+def test_user_errors_are_eval_errors(tiny_llama_dir, tmp_path):
+    with pytest.raises(EvalError, match="adapter on and off"):
+        run_benchmarks(["preference"], model=str(tiny_llama_dir), progress=False)
+    with pytest.raises(EvalError, match="valid names: .*gsm8k"):
+        run_benchmarks(["gsm8k", "nope"], model=str(tiny_llama_dir), progress=False)
+    empty_run = tmp_path / "run"
+    (empty_run / "checkpoints").mkdir(parents=True)
+    (empty_run / "config.yaml").write_text(f"model:\n  name_or_path: {tiny_llama_dir}\n")
+    with pytest.raises(EvalError, match="no complete checkpoint"):
+        run_benchmarks(["gsm8k"], model=str(empty_run), limit=1, progress=False)
+    with pytest.raises(EvalError, match="neither an mmdpo run"):
+        run_benchmarks(["gsm8k"], model=str(tiny_llama_dir), adapter=str(tmp_path), limit=1)
