@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,27 @@ class ModelInfo:
     image_token_ids: tuple[int, ...]
     pad_token_id: int | None
     eos_token_ids: tuple[int, ...]
+
+
+def _quiet_int8_cast_warning() -> None:
+    """bitsandbytes logs "inputs will be cast to float16" on every 8-bit forward; keep it once.
+
+    prepare_model_for_kbit_training upcasts activations to fp32, so the cast is expected.
+    """
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if any(getattr(f, "_mmdpo", False) for f in logger.filters):
+        return
+    seen: list[bool] = []
+
+    def once(record: logging.LogRecord) -> bool:
+        if "will be cast from" not in record.getMessage():
+            return True
+        first = not seen
+        seen.append(True)
+        return first
+
+    once._mmdpo = True  # type: ignore[attr-defined]
+    logger.addFilter(once)
 
 
 def is_vlm_config(config: Any) -> bool:
@@ -238,6 +260,8 @@ def load_policy(
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if mode == "8bit":
+        _quiet_int8_cast_warning()
     if bnb_config is not None and prepare_for_training:
         from peft import prepare_model_for_kbit_training
 
