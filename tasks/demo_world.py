@@ -1,0 +1,225 @@
+"""The demo's data, all generated from the shapes world: SFT examples, scored preference pairs,
+and the POPE / CHAIR evaluation files.
+
+Three disjoint seeds give three sets of scenes: one for the SFT warm-up, one for the
+preference pairs, one for evaluation. Everything is seeded; the same settings give the same
+data byte for byte.
+
+The SFT data is deliberately imperfect in two ways that real captioning data is:
+
+- some descriptions name an object that is not in the image (``extra_object_rate``), taken
+  from the objects that look like the ones present (the same colour or the same shape),
+  as co-occurrence errors in human captions are;
+- yes/no questions are mostly about objects that are present, and some questions about an
+  absent object are answered "Yes." (``false_yes_rate``): the affirmative bias of
+  instruction data.
+
+The preference pairs are scored by rule, ``10 × (1 − hallucinated mentions / mentions)`` for a
+description and 10 or 0 for a yes/no answer, plus Gaussian noise. Like real preference data
+they vary in quality: most are clean, some have a small score margin (both responses flawed),
+and some are mislabelled (the worse response marked chosen; its score says so).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval.chair import PROMPT as DESCRIBE_PROMPT
+from eval.chair import VOCABULARIES, chair_record
+from eval.pope import ANSWER_HINT
+from eval.shapes_world import (
+    IMAGE_SIZE,
+    Scene,
+    absent_objects,
+    make_scenes,
+    pope_questions,
+    scene_objects_for_chair,
+)
+from mmdpo.types import PreferenceSample
+
+SFT_SEED = 1001
+PAIR_SEED = 2002
+EVAL_SEED = 3003
+SOURCE = "shapes-world-demo"
+
+
+def question_prompt(name: str) -> str:
+    """The POPE question about object ``name``, as the built-in POPE benchmark asks it."""
+    return f"Is there a {name} in the image?\n{ANSWER_HINT}"
+
+
+def ordered_objects(scene: Scene) -> list[str]:
+    """Object names in reading order (top-left, top-right, bottom-left, bottom-right)."""
+    cell = IMAGE_SIZE // 2
+    objects = sorted(scene.objects, key=lambda obj: (obj.box[1] // cell, obj.box[0] // cell))
+    return [obj.name for obj in objects]
+
+
+def describe(names: list[str]) -> str:
+    """'There is a red circle, a blue square and a green triangle.'"""
+    items = [f"a {name}" for name in names]
+    listed = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return f"There is {listed}."
+
+
+def hallucination_score(description: str, scene: Scene) -> float:
+    """10 × (1 − hallucinated mentions / mentions): the rule that scores a description."""
+    record = chair_record(description, scene_objects_for_chair(scene), VOCABULARIES["shapes"])
+    if not record["mentioned"]:
+        return 0.0
+    return 10.0 * (1.0 - len(record["hallucinated"]) / len(record["mentioned"]))
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One supervised example: a scene, the user's text, the target answer."""
+
+    scene: Scene
+    prompt: str
+    answer: str
+
+
+def sft_examples(
+    num_scenes: int,
+    *,
+    extra_object_rate: float = 0.35,
+    false_yes_rate: float = 0.25,
+    seed: int = SFT_SEED,
+) -> list[SFTExample]:
+    """A description and yes/no questions per scene, with the two kinds of noise above.
+
+    Per scene: one description; one question per present object ("Yes."); one question about
+    an absent object, answered "Yes." with probability ``false_yes_rate``.
+    """
+    rng = random.Random(seed)
+    examples = []
+    for scene in make_scenes(num_scenes, seed):
+        names = ordered_objects(scene)
+        if rng.random() < extra_object_rate:
+            names = names + absent_objects(scene, 1, rng)
+        examples.append(SFTExample(scene, DESCRIBE_PROMPT, describe(names)))
+        for name in scene.object_names:
+            examples.append(SFTExample(scene, question_prompt(name), "Yes."))
+        absent = absent_objects(scene, 1, rng)[0]
+        answer = "Yes." if rng.random() < false_yes_rate else "No."
+        examples.append(SFTExample(scene, question_prompt(absent), answer))
+    rng.shuffle(examples)
+    return examples
+
+
+def _sample(
+    pair_id: str,
+    scene: Scene,
+    prompt: str,
+    responses: tuple[str, str],
+    scores: tuple[float, float],
+    kind: str,
+) -> PreferenceSample:
+    return PreferenceSample(
+        id=pair_id,
+        prompt=[{"role": "user", "content": prompt}],
+        chosen=responses[0],
+        rejected=responses[1],
+        images=[scene.render()],
+        score_chosen=round(scores[0], 3),
+        score_rejected=round(scores[1], 3),
+        modality="vision",
+        source=SOURCE,
+        meta={"scene": scene.image_id, "kind": kind},
+    )
+
+
+def _description_pair(
+    scene: Scene, rng: random.Random, low_margin: bool
+) -> tuple[str, str, float, float]:
+    """(better, worse, their rule scores): the worse one adds (or swaps in) a wrong object."""
+    names = ordered_objects(scene)
+    wrong = absent_objects(scene, 2, rng)
+    if low_margin:  # both flawed: the better one has one error among more mentions
+        better = describe(names + wrong[:1])
+        worse = describe(names[:-1] + wrong[:1]) if len(names) > 1 else describe(wrong[:2])
+    else:
+        better = describe(names)
+        worse = (
+            describe(names + wrong[:1]) if rng.random() < 0.5 else describe(names[:-1] + wrong[:1])
+        )
+    return better, worse, hallucination_score(better, scene), hallucination_score(worse, scene)
+
+
+def preference_pairs(
+    num_scenes: int,
+    *,
+    low_margin_rate: float = 0.2,
+    flip_rate: float = 0.15,
+    score_noise: float = 0.5,
+    seed: int = PAIR_SEED,
+) -> list[PreferenceSample]:
+    """Per scene: one description pair and one yes/no pair, scored by rule (with noise).
+
+    ``low_margin_rate`` of the description pairs compare two flawed descriptions;
+    ``flip_rate`` of all pairs are mislabelled (chosen and rejected swapped, the scores
+    travelling with their responses, so a score-aware loss can notice).
+    """
+    rng = random.Random(seed)
+    samples = []
+    for scene in make_scenes(num_scenes, seed):
+        better, worse, s_better, s_worse = _description_pair(
+            scene, rng, rng.random() < low_margin_rate
+        )
+        name, truth = (
+            (rng.choice(scene.object_names), "Yes.")
+            if rng.random() < 0.5
+            else (absent_objects(scene, 1, rng)[0], "No.")
+        )
+        lie = "No." if truth == "Yes." else "Yes."
+        candidates = [
+            ("description", DESCRIBE_PROMPT, (better, worse), (s_better, s_worse)),
+            ("yes_no", question_prompt(name), (truth, lie), (10.0, 0.0)),
+        ]
+        for kind, prompt, responses, scores in candidates:
+            noisy = tuple(s + rng.gauss(0.0, score_noise) for s in scores)
+            if rng.random() < flip_rate:
+                responses, noisy = responses[::-1], noisy[::-1]
+                kind = f"{kind}_flipped"
+            pair_id = f"scene{scene.image_id}-{kind}"
+            samples.append(_sample(pair_id, scene, prompt, responses, noisy, kind))
+    rng.shuffle(samples)
+    return samples
+
+
+def write_eval_data(directory: str | Path, num_pope_scenes: int, num_chair_scenes: int) -> dict:
+    """POPE and CHAIR files of held-out scenes, in the formats the built-in benchmarks read.
+
+    Returns {"pope": path, "chair": path}. The images are written under ``images/``.
+    """
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    scenes = make_scenes(max(num_pope_scenes, num_chair_scenes), EVAL_SEED)
+    for scene in scenes:
+        path = directory / "images" / f"{scene.image_id}.png"
+        if not path.is_file():
+            scene.render().save(path)
+    pope_path = directory / "pope.jsonl"
+    rows = pope_questions(scenes[:num_pope_scenes], EVAL_SEED)
+    _write_jsonl(pope_path, [{**row, "image": f"{row['image']}.png"} for row in rows])
+    chair_path = directory / "chair.jsonl"
+    chair_rows = [
+        {
+            "image_id": scene.image_id,
+            "image": f"{scene.image_id}.png",
+            "objects": scene_objects_for_chair(scene),
+            "vocabulary": "shapes",
+        }
+        for scene in scenes[:num_chair_scenes]
+    ]
+    _write_jsonl(chair_path, chair_rows)
+    return {"pope": pope_path, "chair": chair_path}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")

@@ -1,0 +1,154 @@
+"""The offline demo: its data world, its settings, a fast end-to-end smoke run, the full run."""
+
+import json
+
+import pytest
+
+from eval.chair import VOCABULARIES, chair_record
+from eval.shapes_world import make_scenes, scene_objects_for_chair
+from mmdpo.config import ConfigError
+from tasks.demo import engine_configs, prepare_out_dir, run_demo, split_overrides
+from tasks.demo_world import (
+    PAIR_SEED,
+    describe,
+    hallucination_score,
+    ordered_objects,
+    preference_pairs,
+    sft_examples,
+)
+
+TINY = [
+    "demo.sft_scenes=12",
+    "demo.sft_steps=4",
+    "demo.sft_batch_size=4",
+    "demo.pair_scenes=6",
+    "demo.pope_scenes=3",
+    "demo.chair_scenes=3",
+    "demo.hidden_size=64",
+    "train.max_steps=2",
+    "train.batch_size=2",
+]
+
+
+def test_descriptions_read_in_order_and_score_by_the_chair_rule():
+    scene = make_scenes(40, PAIR_SEED)[0]
+    names = ordered_objects(scene)
+    assert sorted(names) == sorted(scene.object_names)
+    correct = describe(names)
+    assert hallucination_score(correct, scene) == 10.0
+    absent = next(
+        f"{c} {s}"
+        for c in ("red", "green", "blue")
+        for s in ("circle", "square", "triangle")
+        if f"{c} {s}" not in names
+    )
+    wrong = describe(names + [absent])
+    # One of len(names) + 1 mentions is hallucinated: 10 * (1 - 1 / (n + 1)).
+    assert hallucination_score(wrong, scene) == pytest.approx(10 * len(names) / (len(names) + 1))
+    record = chair_record(wrong, scene_objects_for_chair(scene), VOCABULARIES["shapes"])
+    assert record["hallucinated"] == [absent]
+
+
+def test_pairs_are_scored_by_rule_and_flipped_pairs_show_it_in_their_scores():
+    pairs = preference_pairs(60, score_noise=0.0, flip_rate=0.3, low_margin_rate=0.3)
+    assert pairs == preference_pairs(60, score_noise=0.0, flip_rate=0.3, low_margin_rate=0.3)
+    kinds = {p.meta["kind"] for p in pairs}
+    assert {"description", "yes_no", "description_flipped", "yes_no_flipped"} <= kinds
+    for pair in pairs:
+        assert pair.images and pair.modality == "vision" and pair.chosen != pair.rejected
+        if pair.meta["kind"].endswith("flipped"):
+            assert pair.score_chosen < pair.score_rejected
+        else:
+            assert pair.score_chosen > pair.score_rejected
+        if pair.meta["kind"] == "yes_no":
+            assert (pair.score_chosen, pair.score_rejected) == (10.0, 0.0)
+    margins = [p.score_margin for p in pairs if p.meta["kind"] == "description"]
+    assert min(margins) < 2.0 < max(margins)  # low-margin pairs next to clean ones
+
+
+def test_sft_data_carries_the_configured_noise():
+    examples = sft_examples(300, extra_object_rate=0.4, false_yes_rate=0.5)
+    descriptions = [e for e in examples if e.prompt.startswith("Please describe")]
+    extra = [
+        e
+        for e in descriptions
+        if chair_record(e.answer, scene_objects_for_chair(e.scene), VOCABULARIES["shapes"])[
+            "hallucinated"
+        ]
+    ]
+    assert 0.3 < len(extra) / len(descriptions) < 0.5
+    yes = sum(e.answer == "Yes." for e in examples if e not in descriptions)
+    no = sum(e.answer == "No." for e in examples if e not in descriptions)
+    assert yes > 2 * no  # present objects are asked about more, and absent ones get false yeses
+    assert sft_examples(300, extra_object_rate=0.0, false_yes_rate=0.0) != examples
+
+
+def test_overrides_split_between_demo_and_engine(tmp_path):
+    settings, engine = split_overrides(["demo.sft_steps=7", "train.learning_rate=5e-4"])
+    assert settings.sft_steps == 7 and engine == ["train.learning_rate=5e-4"]
+    with pytest.raises(ConfigError, match="demo.nope: unknown key"):
+        split_overrides(["demo.nope=1"])
+    with pytest.raises(ConfigError, match="demo.sft_steps: expected int"):
+        split_overrides(["demo.sft_steps=many"])
+    configs = engine_configs(tmp_path, tmp_path / "sft", engine, 0, "dpo")
+    uni, dpo = configs["uni_dpo"], configs["dpo"]
+    assert uni.model.quantization == "4bit" and uni.lora.enabled
+    assert uni.reference.mode == "adapter_off" and uni.train.learning_rate == 5e-4
+    assert dpo.loss.name == "dpo" and dpo.loss.kwargs == {"beta": uni.loss.kwargs["beta"]}
+    assert dpo.loss.length_normalized is True and dpo.train.seed == uni.train.seed
+    with pytest.raises(ConfigError, match="--compare"):
+        engine_configs(tmp_path, tmp_path / "sft", [], 0, "nosuchloss")
+
+
+def test_out_dir_that_the_demo_did_not_make_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not made by `mmdpo demo`"):
+        prepare_out_dir(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_rerun_clears_only_what_the_demo_wrote(tmp_path):
+    prepare_out_dir(tmp_path)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "old.json").write_text("{}")
+    (tmp_path / "demo_results.json").write_text("{}")
+    (tmp_path / "my_notes.txt").write_text("keep")
+    prepare_out_dir(tmp_path)
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "demo_results.json").exists()
+    assert (tmp_path / "my_notes.txt").read_text() == "keep"
+
+
+def _check_run_folder(out, columns):
+    summary = json.loads((out / "demo_results.json").read_text())
+    assert list(summary["results"]) == columns
+    for name in columns:
+        metrics = summary["results"][name]
+        assert 0.0 <= metrics["pope/accuracy"] <= 1.0
+        assert 0.0 <= metrics["pope/yes_ratio"] <= 1.0
+        assert "chair/chair_s" in metrics
+        assert (out / "eval" / name / "pope.samples.jsonl").is_file()
+        assert (out / "eval" / name / "chair.json").is_file()
+    for name in columns[1:]:
+        assert (out / "train" / name / "plots" / "loss.png").is_file()
+        assert summary["configs"][name]["model"]["quantization"] == "4bit"
+    assert (out / "plots" / "demo_evals.png").stat().st_size > 0
+    assert (out / "sft" / "model.safetensors").is_file()
+    assert summary["timings_s"]["total"] > 0
+    return summary
+
+
+def test_demo_smoke_run_writes_the_run_folder(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run_demo(out, TINY, compare="dpo") == 0
+    summary = _check_run_folder(out, ["sft", "uni_dpo", "dpo"])
+    assert summary["train"]["uni_dpo"]["steps"] == 2
+    printed = capsys.readouterr().out
+    assert "POPE accuracy" in printed and "Uni-DPO" in printed and "total time" in printed
+
+
+@pytest.mark.slow
+def test_full_demo_within_ten_minutes(tmp_path):
+    out = tmp_path / "demo"
+    assert run_demo(out, compare="dpo") == 0
+    summary = _check_run_folder(out, ["sft", "uni_dpo", "dpo"])
+    assert summary["timings_s"]["total"] < 600
