@@ -172,11 +172,15 @@ def _scene_item(image_id: int, seed: int, objects: list[str]) -> dict[str, Any]:
 
 
 def _is_coco(path: Path) -> bool:
+    """A COCO annotation file is one JSON object with "images"; JSON Lines named .json is not."""
     if path.suffix != ".json":
         return False
     with open(path, encoding="utf-8") as handle:
-        head = handle.read(4096).lstrip()
-    return head.startswith("{")
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError:
+            return False  # several objects, one per line
+    return isinstance(data, dict) and "images" in data
 
 
 def _coco_items(path: Path) -> list[dict[str, Any]]:

@@ -138,3 +138,14 @@ def test_coco_annotations_file(tmp_path):
     ]
     assert CHAIR().build_prompt(data.items[1]).images[0].size == (4, 4)
     assert [item["id"] for item in CHAIR().load(path, limit=1).items] == ["1"]
+
+
+def test_jsonl_named_json_is_not_taken_for_coco(tmp_path):
+    from eval.chair import _is_coco
+
+    lines = tmp_path / "instances.json"
+    lines.write_text('{"id": 1}\n{"id": 2}\n')
+    assert not _is_coco(lines)
+    coco = tmp_path / "coco.json"
+    coco.write_text('{"images": [], "annotations": [], "categories": []}')
+    assert _is_coco(coco)
