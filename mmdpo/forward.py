@@ -14,7 +14,11 @@ from typing import Any
 
 import torch
 
-from mmdpo.logprobs import sequence_logps
+from mmdpo.logprobs import (
+    response_prediction_mask,
+    selected_sequence_logps,
+    sequence_logps,
+)
 from mmdpo.types import PreferenceBatch
 
 QWEN_VL_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
@@ -141,11 +145,19 @@ def _vision_kwargs(model: Any, batch: PreferenceBatch) -> dict[str, Any]:
     return kwargs
 
 
-def forward_logits(model: Any, batch: PreferenceBatch) -> torch.Tensor:
-    """Logits of all 2B rows in one forward. Shape: (2B, T, V)"""
+def forward_logits(
+    model: Any, batch: PreferenceBatch, logits_to_keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits of all 2B rows in one forward. Shape: (2B, T, V)
+
+    With a boolean ``logits_to_keep`` (2B, T) the output layer runs only at those positions
+    and the logits come back flattened, row-major. Shape: (M, V)
+    """
     kwargs: dict[str, Any] = {}
     if batch.image_inputs or batch.rejected_image_inputs:
         kwargs = _vision_kwargs(model, batch)
+    if logits_to_keep is not None:
+        kwargs["logits_to_keep"] = logits_to_keep
     out = model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **kwargs
     )
@@ -201,5 +213,14 @@ def pair_logps(logits: torch.Tensor, batch: PreferenceBatch) -> PairLogps:
 
 
 def concatenated_forward(model: Any, batch: PreferenceBatch) -> PairLogps:
-    """Policy (or reference) log-probs of a batch in one forward."""
-    return pair_logps(forward_logits(model, batch), batch)
+    """Policy (or reference) log-probs of a batch in one forward.
+
+    The output layer (hidden x vocabulary, often the largest matmul of the model) runs only at
+    the positions that predict a response token, not at prompt or padding positions, and the
+    (2B, T, V) logits never exist: only (M, V) for the M response tokens.
+    """
+    keep = response_prediction_mask(batch.loss_mask)
+    logits = forward_logits(model, batch, logits_to_keep=keep)
+    sums, counts = selected_sequence_logps(logits, batch.input_ids, batch.loss_mask)
+    n = batch.num_pairs
+    return PairLogps(sums[:n], sums[n:], counts[:n], counts[n:])

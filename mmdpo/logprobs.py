@@ -159,3 +159,50 @@ def sequence_logps(
         token_counts=counts,
         token_logps=per_token,
     )
+
+
+def response_prediction_mask(loss_mask: torch.Tensor) -> torch.Tensor:
+    """True at the positions whose logits predict a target token (``loss_mask`` shifted left).
+
+    Pass it to a transformers model as ``logits_to_keep`` so that the output layer runs on
+    those positions only; the model then returns logits of shape (M, V), M = targets, in
+    row-major order. Shape: (N, T)
+    """
+    keep = torch.zeros_like(loss_mask, dtype=torch.bool)
+    keep[:, :-1] = loss_mask[:, 1:].bool()
+    return keep
+
+
+def selected_sequence_logps(
+    selected_logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed target log-probs per row from the logits of the target-predicting positions only.
+
+    Args:
+        selected_logits: the logits at ``response_prediction_mask(loss_mask)``, row-major, as a
+            model returns them for that ``logits_to_keep``. Shape: (M, V)
+        labels, loss_mask: as for :func:`sequence_logps`. Shape: (N, T)
+
+    Returns:
+        (summed log-probs, target counts), both fp32. Shape: (N,) each. Equal to
+        ``sequence_logps(full_logits, labels, loss_mask)``'s sums, with the same gradient.
+    """
+    target_mask = loss_mask[:, 1:].bool()
+    targets = labels[:, 1:][target_mask].long()
+    if selected_logits.dim() != 2 or selected_logits.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"expected logits ({targets.shape[0]}, V) for the target positions, got "
+            f"{tuple(selected_logits.shape)}"
+        )
+    if targets.numel() and (targets.min() < 0 or targets.max() >= selected_logits.shape[1]):
+        raise ValueError("target token ids must lie in [0, V) where loss_mask is True")
+    row_index = torch.arange(targets.shape[0], device=selected_logits.device)
+    per_token = _ChunkedTargetLogps.apply(selected_logits, row_index, targets, chunk_size)
+    rows = target_mask.nonzero(as_tuple=False)[:, 0]
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=selected_logits.device)
+    sums = sums.index_add(0, rows, per_token)
+    return sums, target_mask.sum(dim=1).to(torch.float32)

@@ -117,3 +117,35 @@ def test_unknown_family_is_refused():
 
     with pytest.raises(ValueError, match="supported families"):
         encode_images(Fake(), {"pixel_values": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+def test_response_only_logits_equal_full_logits(family, session_tokenizer):
+    """The engine scores only response positions; sums and gradients equal the full path."""
+    from mmdpo.forward import concatenated_forward
+    from mmdpo.tiny import tiny_causal_lm
+
+    if family == "llama":
+        model, processing, is_vlm = tiny_causal_lm(tokenizer=session_tokenizer), None, False
+        processing = session_tokenizer
+    else:
+        model, processing = tiny_vlm(family, session_tokenizer)
+        is_vlm = True
+    transform = PairTransform(processing, TransformSettings(4096), is_vlm=is_vlm)
+    chosen = [s for s in samples() if is_vlm or not s.images]
+    batch = PreferenceCollator(session_tokenizer.pad_token_id)([transform(s) for s in chosen])
+    model.train()
+    torch.manual_seed(0)
+    fast = concatenated_forward(model, batch)
+    (fast.chosen_sum.sum() - 0.5 * fast.rejected_sum.sum()).backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    torch.manual_seed(0)
+    full = pair_logps(forward_logits(model, batch), batch)
+    (full.chosen_sum.sum() - 0.5 * full.rejected_sum.sum()).backward()
+    assert torch.allclose(fast.chosen_sum, full.chosen_sum, atol=1e-4)
+    assert torch.allclose(fast.rejected_sum, full.rejected_sum, atol=1e-4)
+    assert torch.equal(fast.chosen_tokens, full.chosen_tokens)
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            assert torch.allclose(fast_grads[name], param.grad, atol=1e-5), name
