@@ -41,6 +41,12 @@ def _model_config(config: Config) -> Any:
         ) from None
 
 
+def _is_vlm(config: Config, model_config: Any) -> bool:
+    """The configured kind, or for ``auto`` whether the model config has a vision config."""
+    kind = config.model.kind
+    return kind == "vlm" or (kind == "auto" and is_vlm_config(model_config))
+
+
 def check_run(config: Config, spec: LossSpec, samples: list[PreferenceSample]) -> None:
     """Refuse wrong combinations with a clear message, before any weights are loaded."""
     mode = config.reference.mode
@@ -61,9 +67,7 @@ def check_run(config: Config, spec: LossSpec, samples: list[PreferenceSample]) -
         raise SetupError("data.train: no training samples")
     with_images = [s.id for s in samples if s.images or s.rejected_images]
     model_config = _model_config(config)
-    is_vlm = config.model.kind == "vlm" or (
-        config.model.kind == "auto" and is_vlm_config(model_config)
-    )
+    is_vlm = _is_vlm(config, model_config)
     if with_images and not is_vlm:
         raise SetupError(
             f"data: {len(with_images)} sample(s) have images (e.g. {with_images[0]}) but "
@@ -82,9 +86,7 @@ def load_processing(config: Config) -> tuple[Any, bool]:
     from transformers import AutoProcessor, AutoTokenizer
 
     model_config = _model_config(config)
-    is_vlm = config.model.kind == "vlm" or (
-        config.model.kind == "auto" and is_vlm_config(model_config)
-    )
+    is_vlm = _is_vlm(config, model_config)
     remote = config.model.trust_remote_code
     if is_vlm:
         processing = AutoProcessor.from_pretrained(
