@@ -236,3 +236,44 @@ def test_user_errors_are_eval_errors(tiny_llama_dir, tmp_path):
         run_benchmarks(["gsm8k"], model=str(empty_run), limit=1, progress=False)
     with pytest.raises(EvalError, match="neither an mmdpo run"):
         run_benchmarks(["gsm8k"], model=str(tiny_llama_dir), adapter=str(tmp_path), limit=1)
+
+
+def test_math_and_export_benchmarks_end_to_end(tiny_llama_dir, tmp_path, monkeypatch):
+    """math500, math_jsonl and the four judge exports run on a tiny model and write files."""
+    monkeypatch.setenv("MMDPO_EVAL_DATA", str(tmp_path / "no-data-here"))
+    results = run_benchmarks(
+        ["math500", "alpaca_eval", "arena_hard", "mt_bench"],
+        model=str(tiny_llama_dir),
+        limit=2,
+        out_dir=tmp_path / "out",
+        max_new_tokens=3,
+        progress=False,
+    )
+    assert [r.benchmark for r in results] == ["math500", "alpaca_eval", "arena_hard", "mt_bench"]
+    assert all(r.n == 2 for r in results)
+    assert 0.0 <= results[0].metrics["accuracy"] <= 1.0
+    mt_bench = results[3]
+    assert all(len(record["response"]) == 2 for record in mt_bench.records), "two turns"
+    written = {path.name for path in (tmp_path / "out").rglob("*") if path.is_file()}
+    assert {"math500.json", "alpaca_eval.json", "arena_hard.json", "mt_bench.json"} <= written
+    assert len(written) > 8, f"judge export files missing: {sorted(written)}"
+
+    data = tmp_path / "problems.jsonl"
+    data.write_text('{"id": "a", "problem": "1+1?", "answer": "2"}\n')
+    (result,) = run_benchmarks(
+        ["math_jsonl"], model=str(tiny_llama_dir), data=data, max_new_tokens=3, progress=False
+    )
+    assert result.n == 1 and not result.generated
+
+
+def test_mmhal_export_on_a_tiny_vlm(tiny_vlm_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMDPO_EVAL_DATA", str(tmp_path / "no-data-here"))
+    (result,) = run_benchmarks(
+        ["mmhal_bench"],
+        model=str(tiny_vlm_dir("qwen2_vl")),
+        limit=1,
+        out_dir=tmp_path,
+        max_new_tokens=3,
+        progress=False,
+    )
+    assert result.n == 1 and result.records[0]["response"] is not None
