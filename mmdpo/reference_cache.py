@@ -30,15 +30,24 @@ def _hash_tensors(digest: hashlib._Hash, inputs: dict[str, torch.Tensor] | None)
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
 
 
+def image_digest(pair: TokenizedPair) -> str:
+    """sha256 of a pair's processed image tensors (both sides); kept when they are dropped."""
+    if pair.image_digest is not None:
+        return pair.image_digest
+    digest = hashlib.sha256()
+    _hash_tensors(digest, pair.image_inputs)
+    digest.update(b"|rejected-images|")
+    _hash_tensors(digest, pair.rejected_image_inputs)
+    return digest.hexdigest()
+
+
 def pair_key(pair: TokenizedPair, reference_identity: str) -> str:
     """The content hash that identifies one pair's reference log-probs."""
     digest = hashlib.sha256()
     digest.update(reference_identity.encode())
     for ids in (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids, pair.rejected_prompt_ids):
         digest.update(b"|" + (json.dumps(ids) if ids is not None else "none").encode())
-    _hash_tensors(digest, pair.image_inputs)
-    digest.update(b"|rejected-images|")
-    _hash_tensors(digest, pair.rejected_image_inputs)
+    digest.update(b"|images|" + image_digest(pair).encode())
     return digest.hexdigest()
 
 

@@ -8,6 +8,7 @@ on CPU or GPU, or several under ``accelerate launch`` (DDP, DeepSpeed, FSDP).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -21,7 +22,13 @@ from mmdpo import checkpoint as ckpt
 from mmdpo.calibration import Calibration, fit_calibration
 from mmdpo.config import Config, ConfigError, save_config
 from mmdpo.data.collate import PreferenceCollator
-from mmdpo.data.pipeline import BatchOrder, TokenizeResult, tokenize_samples
+from mmdpo.data.pipeline import (
+    BatchOrder,
+    TokenizeResult,
+    drop_image_tensors,
+    restore_images,
+    tokenize_samples,
+)
 from mmdpo.data.transform import PairTransform, TransformSettings
 from mmdpo.losses import get_loss
 from mmdpo.metrics import (
@@ -222,8 +229,13 @@ def train(
     eval_pairs = _tokenize_or_stop(eval_samples, transform, config, run_dir, "eval", main)
     if config.data.limit is not None:
         train_pairs = train_pairs[: config.data.limit]
+    # Pixel tensors are re-created batch by batch, not held for the whole dataset.
+    drop_image_tensors(train_pairs + eval_pairs)
     pad_id = transform.tokenizer.pad_token_id
-    collate = PreferenceCollator(pad_id if pad_id is not None else transform.eos_token_id)
+    collate = PreferenceCollator(
+        pad_id if pad_id is not None else transform.eos_token_id,
+        restore=functools.partial(restore_images, transform=transform),
+    )
 
     model = load_model_for_training(config)
     reference = prepare_reference(

@@ -81,6 +81,9 @@ class TokenizedPair:
         rejected_prompt_ids: prompt ids for the rejected side when it has its own images
             (their image-token count may differ), else None.
         rejected_image_inputs: processor outputs for ``rejected_images``, else None.
+        image_digest: sha256 of the image tensors, kept when they are dropped to save memory.
+        origin: the sample of a vision pair, so that its image tensors can be dropped and the
+            collator re-runs the transform on it (images decoded per batch, never all held).
     """
 
     id: str
@@ -94,6 +97,12 @@ class TokenizedPair:
     image_inputs: dict[str, torch.Tensor] | None = None
     rejected_prompt_ids: list[int] | None = None
     rejected_image_inputs: dict[str, torch.Tensor] | None = None
+    image_digest: str | None = None
+    origin: PreferenceSample | None = None
+
+    @property
+    def images_dropped(self) -> bool:
+        return self.image_digest is not None and self.image_inputs is None
 
     @property
     def num_tokens(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,15 +69,27 @@ class PreferenceCollator:
     Args:
         pad_token_id: id used for padding (masked out everywhere).
         pad_to_multiple_of: round T up (e.g. 8 for tensor cores); None keeps the longest row.
+        restore: re-creates the image tensors of pairs that dropped them
+            (``TokenizedPair.images_dropped``), e.g. ``pipeline.restore_images``.
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+    def __init__(
+        self,
+        pad_token_id: int,
+        pad_to_multiple_of: int | None = None,
+        restore: Callable[[TokenizedPair], TokenizedPair] | None = None,
+    ):
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.restore = restore
 
     def __call__(self, pairs: list[TokenizedPair]) -> PreferenceBatch:
         if not pairs:
             raise ValueError("cannot collate an empty list of pairs")
+        if any(p.images_dropped for p in pairs):
+            if self.restore is None:
+                raise ValueError("pairs without their image tensors need a restore function")
+            pairs = [self.restore(p) if p.images_dropped else p for p in pairs]
         rows: list[tuple[list[int], list[int]]] = [(p.prompt_ids, p.chosen_ids) for p in pairs]
         for p in pairs:
             prompt = p.rejected_prompt_ids if p.rejected_prompt_ids is not None else p.prompt_ids

@@ -10,6 +10,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mmdpo.data.transform import PairTransform, SampleTooLongError
+from mmdpo.reference_cache import image_digest
 from mmdpo.types import PreferenceSample, TokenizedPair
 
 
@@ -39,11 +40,38 @@ def tokenize_samples(
             chunk = samples[start : start + chunk_size]
             for sample, result in zip(chunk, transform.many(list(chunk)), strict=True):
                 if isinstance(result, TokenizedPair):
+                    if result.image_inputs is not None or result.rejected_image_inputs is not None:
+                        result.origin = sample  # so its image tensors can be dropped and redone
                     pairs.append(result)
                 else:
                     problems.append(_problem(sample, result))
             bar.update(len(chunk))
     return TokenizeResult(pairs, problems)
+
+
+def drop_image_tensors(pairs: list[TokenizedPair]) -> None:
+    """Free the pixel tensors of vision pairs; the collator re-creates them batch by batch.
+
+    Holding every pair's pixel tensors would take gigabytes for a real vision dataset
+    (a 448 px image is ~5 MB of fp32 patches for Qwen2-VL). The digest of the tensors stays,
+    so the precomputed reference cache keys do not change.
+    """
+    for pair in pairs:
+        if pair.origin is None or (
+            pair.image_inputs is None and pair.rejected_image_inputs is None
+        ):
+            continue
+        pair.image_digest = image_digest(pair)
+        pair.image_inputs = pair.rejected_image_inputs = None
+
+
+def restore_images(pair: TokenizedPair, transform: PairTransform) -> TokenizedPair:
+    """Re-run the transform on a pair whose image tensors were dropped."""
+    fresh = transform(pair.origin)
+    if fresh.prompt_ids != pair.prompt_ids or fresh.chosen_ids != pair.chosen_ids:
+        raise RuntimeError(f"sample {pair.id}: re-tokenizing gave different ids")
+    fresh.score_chosen, fresh.score_rejected = pair.score_chosen, pair.score_rejected
+    return fresh
 
 
 def _problem(sample: PreferenceSample, error: Exception) -> dict[str, Any]:

@@ -154,3 +154,32 @@ def test_scores_tensor_dtype(tokenizer):
     pair = PairTransform(tokenizer, TransformSettings(64))(sample())
     batch = PreferenceCollator(tokenizer.pad_token_id)([pair])
     assert batch.score_chosen.dtype == torch.float32
+
+
+def test_vision_pairs_drop_their_pixels_and_the_collator_restores_them(session_tokenizer):
+    """Pixel tensors are not held for the whole dataset; batches get them back, identical."""
+    import functools
+
+    from mmdpo.data.pipeline import drop_image_tensors, restore_images
+    from mmdpo.reference_cache import pair_key
+    from mmdpo.tiny import random_image, tiny_vlm
+
+    _, processor = tiny_vlm("qwen2_vl", session_tokenizer)
+    transform = PairTransform(processor, TransformSettings(4096), is_vlm=True)
+    vision = PreferenceSample(
+        id="v", prompt="What?", chosen="A circle.", rejected="A cat.", images=[random_image(3)]
+    )
+    result = tokenize_samples([vision, sample(1)], transform, progress=False)
+    kept = PreferenceCollator(0)(result.pairs)
+    keys = [pair_key(p, "ref") for p in result.pairs]
+    drop_image_tensors(result.pairs)
+    assert result.pairs[0].images_dropped and result.pairs[0].image_inputs is None
+    assert not result.pairs[1].images_dropped
+    assert [pair_key(p, "ref") for p in result.pairs] == keys
+    with pytest.raises(ValueError, match="restore"):
+        PreferenceCollator(0)(result.pairs)
+    collate = PreferenceCollator(0, restore=functools.partial(restore_images, transform=transform))
+    again = collate(result.pairs)
+    assert torch.equal(again.input_ids, kept.input_ids)
+    for key, value in kept.image_inputs.items():
+        assert torch.equal(again.image_inputs[key], value)
