@@ -540,15 +540,42 @@ def _run_generation(
     return records, generation, throughput
 
 
+def _calibrated_items(
+    items: list[dict[str, Any]], adapter: str | None
+) -> tuple[list[dict[str, Any]], str]:
+    """Scores on the run's calibrated scale (its checkpoint's calibration.json), as in training.
+
+    Groups the run never saw keep their raw scores. Returns the items and what was applied.
+    """
+    from eval.preference import to_sample
+    from mmdpo.calibration import Calibration
+
+    path = Path(adapter) / "calibration.json" if adapter else None
+    if path is None or not path.is_file():
+        return items, "none (no run calibration)"
+    calibration = Calibration.load(path)
+    if calibration.method == "none":
+        return items, "none"
+    calibration.on_unknown = "raw"
+    out = []
+    for item in items:
+        sample = calibration.apply(to_sample(item))
+        out.append(
+            {**item, "score_chosen": sample.score_chosen, "score_rejected": sample.score_rejected}
+        )
+    return out, f"{calibration.method} ({path})"
+
+
 def _run_loglikelihood(
     bench: Benchmark, data: EvalData, loaded: LoadedModel, *, batch_size: int, progress: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     beta, average, loss_name = margin_settings(loaded.run_config)
     max_length = int(loaded.run_config.get("data", {}).get("max_length") or 1024)
+    items, calibration = _calibrated_items(data.items, loaded.adapter)
     margins, stats = preference_margins(
         loaded.model,
         loaded.processing,
-        data.items,
+        items,
         is_vlm=loaded.is_vlm,
         beta=beta,
         average=average,
@@ -556,8 +583,9 @@ def _run_loglikelihood(
         max_length=max_length,
         progress=progress,
     )
-    records = [bench.score(item, margin) for item, margin in zip(data.items, margins, strict=True)]
+    records = [bench.score(item, margin) for item, margin in zip(items, margins, strict=True)]
     settings = {
+        "calibration": calibration,
         "beta": beta,
         "logps": "mean" if average else "sum",
         "loss": loss_name,

@@ -277,3 +277,35 @@ def test_mmhal_export_on_a_tiny_vlm(tiny_vlm_dir, tmp_path, monkeypatch):
         progress=False,
     )
     assert result.n == 1 and result.records[0]["response"] is not None
+
+
+def test_preference_uses_the_run_score_calibration(tiny_llama_dir, tmp_path):
+    """A run trained on z-scored scores is evaluated on the same scale (its calibration.json)."""
+    from mmdpo.train import train
+
+    run = tmp_path / "run"
+    pairs = arithmetic_pairs(6)
+    for sample in pairs:
+        sample.source = "preference"  # the group name the eval items carry
+    config = make_config(tiny_llama_dir, run, "train.max_steps=1", "data.calibration=zscore")
+    train(config, pairs)
+    data = tmp_path / "held_out.jsonl"
+    rows = [
+        {
+            "id": s.id,
+            "prompt": s.prompt,
+            "chosen": s.chosen,
+            "rejected": s.rejected,
+            "score_chosen": s.score_chosen,
+            "score_rejected": s.score_rejected,
+            "source": "preference",
+        }
+        for s in pairs
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (result,) = run_benchmarks(["preference"], model=str(run), data=data, progress=False)
+    assert result.generation["calibration"].startswith("zscore")
+    scores = [r["score_chosen"] for r in result.records] + [
+        r["score_rejected"] for r in result.records
+    ]
+    assert abs(sum(scores) / len(scores)) < 1e-6, "z-scored over the same pairs: mean 0"
