@@ -5,8 +5,9 @@
 Steps, all on CPU, offline, seeded:
 
 1. build a small Qwen2-VL from a config with the project's tokenizer (``tasks/demo_model.py``);
-2. a short supervised warm-up on noisy shapes-world data, so that it describes images and
-   answers yes/no questions but still hallucinates (``tasks/demo_world.py``);
+2. a short supervised warm-up in two stages, clean one-object scenes (grounding) then noisy
+   shapes-world data, so that it sees the objects, describes images and answers yes/no
+   questions, but still hallucinates similar objects (``tasks/demo_world.py``);
 3. preference pairs on new scenes, scored by rule, of varying quality;
 4. Uni-DPO through the engine, exactly as a real run: 4-bit model, LoRA, adapter-off reference;
 5. POPE and CHAIR (the built-in benchmarks, through the eval runner's generation) before and
@@ -58,21 +59,27 @@ class DemoSettings:
     """Width of the language model."""
     num_layers: int = 2
     """Language model layers."""
+    image_side: int = 56
+    """Pixels per side the processor resizes a scene to (56: 4 image tokens, one per
+    quadrant; 112: 16)."""
     vision_depth: int = 0
     """Vision tower layers (0: patch embedding and merger only, the fastest; 1 and 2 learned
     no better in the same number of steps)."""
+    grounding_steps: int = 600
+    """Steps of the first SFT stage (one-object scenes, correct answers; 0 skips it)."""
     sft_scenes: int = 600
     """Scenes of the SFT data (each gives a description and 2-4 yes/no questions)."""
     sft_steps: int = 300
     """SFT optimizer steps (full fine-tuning, AdamW)."""
     sft_batch_size: int = 16
     """SFT examples per step."""
-    sft_learning_rate: float = 3e-3
+    sft_learning_rate: float = 1e-3
     """SFT peak learning rate."""
-    extra_object_rate: float = 0.35
-    """Share of SFT descriptions that name an object that is not there."""
-    false_yes_rate: float = 0.25
-    """Share of SFT questions about an absent object answered "Yes."."""
+    extra_object_rate: float = 0.6
+    """Share of SFT descriptions that name an extra object similar to a present one."""
+    false_yes_rate: float = 0.6
+    """Share of SFT questions about an absent object similar to a present one answered
+    "Yes." (questions about other absent objects are answered "No.")."""
     pair_scenes: int = 300
     """Scenes of the preference data (a description pair and a yes/no pair each)."""
     low_margin_rate: float = 0.2
@@ -303,17 +310,35 @@ def build_sft_model(directory: Path, settings: DemoSettings) -> list[float]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from tasks.demo_model import Encoder, build_demo_vlm, supervised_warmup
-    from tasks.demo_world import sft_examples
+    from tasks.demo_world import grounding_examples, sft_examples
 
     size = ModelSize(
         hidden_size=settings.hidden_size,
         intermediate_size=2 * settings.hidden_size,
         num_layers=settings.num_layers,
         vision_depth=settings.vision_depth,
+        image_side=settings.image_side,
     )
     build_demo_vlm(directory, size, seed=settings.seed)
     model = AutoModelForImageTextToText.from_pretrained(directory)
     processor = AutoProcessor.from_pretrained(directory)
+    encoder = Encoder(processor)
+    losses: list[float] = []
+    if settings.grounding_steps:
+        grounding = grounding_examples(400)
+        print(
+            f"[1/4] SFT stage 1 (grounding): {len(grounding)} one-object examples, "
+            f"{settings.grounding_steps} steps"
+        )
+        losses += supervised_warmup(
+            model,
+            encoder,
+            grounding,
+            steps=settings.grounding_steps,
+            batch_size=settings.sft_batch_size,
+            learning_rate=settings.sft_learning_rate,
+            seed=settings.seed,
+        )
     examples = sft_examples(
         settings.sft_scenes,
         extra_object_rate=settings.extra_object_rate,
@@ -323,9 +348,9 @@ def build_sft_model(directory: Path, settings: DemoSettings) -> list[float]:
         f"[1/4] SFT warm-up: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter "
         f"Qwen2-VL, {len(examples)} examples, {settings.sft_steps} steps"
     )
-    losses = supervised_warmup(
+    losses += supervised_warmup(
         model,
-        Encoder(processor),
+        encoder,
         examples,
         steps=settings.sft_steps,
         batch_size=settings.sft_batch_size,

@@ -3,8 +3,9 @@ supervised warm-up that turns it into a policy.
 
 The model is the test model of ``mmdpo.tiny`` resized (hidden 128 instead of 64; by default
 no vision transformer blocks, only the patch embedding and the merger, the fastest choice) and
-it keeps the real ``Qwen2VLProcessor``: images of 224 px become 112 px, 8 x 8 patches,
-16 image tokens.
+it keeps the real ``Qwen2VLProcessor``, set to resize a 224 px scene to 56 px: 4 x 4 patches of
+14 px, 4 image tokens, one per quadrant of the scene. The patch embedding starts from a
+deterministic init that reads colour (``init_patch_embedding``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class ModelSize:
     num_heads: int = 4
     vision_width: int = 64
     vision_depth: int = 0
+    image_side: int = 56
+    """Pixels per side the processor resizes a scene to: 56 gives 4 x 4 patches of 14 px and
+    4 image tokens, one per quadrant (one object); 112 gives 16 tokens."""
 
 
 def build_demo_vlm(directory: str | Path, size: ModelSize, seed: int = 0) -> Path:
@@ -72,10 +76,41 @@ def build_demo_vlm(directory: str | Path, size: ModelSize, seed: int = 0) -> Pat
     # to look at them in a few hundred steps (with CLIP's statistics it did not in 300).
     processor.image_processor.image_mean = [1.0, 1.0, 1.0]
     processor.image_processor.image_std = [0.5, 0.5, 0.5]
+    pixels = size.image_side * size.image_side
+    processor.image_processor.size = {"shortest_edge": pixels, "longest_edge": pixels}
+    for name in ("min_pixels", "max_pixels"):
+        if hasattr(processor.image_processor, name):
+            setattr(processor.image_processor, name, pixels)
+    init_patch_embedding(model)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return Path(directory)
+
+
+def init_patch_embedding(model: Any, scale: float = 1.0) -> None:
+    """A deterministic, readable start for the vision side's patch embedding.
+
+    Of its output channels, the first 3 are the patch's mean R, G and B, the next 12 the mean
+    R, G and B of each of its four 7 x 7 corners (a coarse picture of where the patch is
+    filled, which tells a circle's, a square's and a triangle's outlines apart), the rest zero
+    (free to learn). Colour and rough shape are then linear in the first layer's output, so
+    the model does not have to discover them from a random projection in a few hundred steps.
+    """
+    conv = model.model.visual.patch_embed.proj  # weight: [out, 3 colours, 2 frames, 14, 14]
+    weight = torch.zeros_like(conv.weight)
+    out, channels, frames, height, width = weight.shape
+    if out < channels * 5:
+        return
+    for c in range(channels):
+        weight[c, c] = scale / (frames * height * width)
+        for corner in range(4):
+            rows = slice(0, height // 2) if corner < 2 else slice(height // 2, height)
+            cols = slice(0, width // 2) if corner % 2 == 0 else slice(width // 2, width)
+            cells = frames * (height // 2) * (width // 2)
+            weight[channels * (1 + corner) + c, c, :, rows, cols] = scale / cells
+    with torch.no_grad():
+        conv.weight.copy_(weight)
 
 
 class Encoder:

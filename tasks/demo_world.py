@@ -1,18 +1,20 @@
-"""The demo's data, all generated from the shapes world: SFT examples, scored preference pairs,
-and the POPE / CHAIR evaluation files.
+"""The demo's data, all generated from an easy version of the shapes world (4 colours x 3
+shapes, each object a large flat shape at a fixed place in its quadrant): SFT examples, scored
+preference pairs, and the POPE / CHAIR evaluation files.
 
-Three disjoint seeds give three sets of scenes: one for the SFT warm-up, one for the
-preference pairs, one for evaluation. Everything is seeded; the same settings give the same
+Disjoint seeds give disjoint sets of scenes: the SFT grounding stage, the SFT warm-up, the
+preference pairs, the evaluation. Everything is seeded; the same settings give the same
 data byte for byte.
 
-The SFT data is deliberately imperfect in two ways that real captioning data is:
+The grounding stage is clean. The main SFT data is deliberately imperfect in two ways that
+real captioning data is:
 
 - some descriptions name an object that is not in the image (``extra_object_rate``), taken
   from the objects that look like the ones present (the same colour or the same shape),
   as co-occurrence errors in human captions are;
-- yes/no questions are mostly about objects that are present, and some questions about an
-  absent object are answered "Yes." (``false_yes_rate``): the affirmative bias of
-  instruction data.
+- yes/no questions are balanced, but questions about an absent object that looks like a
+  present one are answered "Yes." at ``false_yes_rate``: the affirmative bias of
+  instruction data on confusable objects.
 
 The preference pairs are scored by rule, ``10 × (1 − hallucinated mentions / mentions)`` for a
 description and 10 or 0 for a yes/no answer, plus Gaussian noise. Like real preference data
@@ -32,10 +34,9 @@ from eval.chair import VOCABULARIES, chair_record
 from eval.pope import ANSWER_HINT
 from eval.shapes_world import (
     IMAGE_SIZE,
+    SHAPES,
     Scene,
-    absent_objects,
-    make_scenes,
-    pope_questions,
+    ShapeObject,
     scene_objects_for_chair,
 )
 from mmdpo.types import PreferenceSample
@@ -44,6 +45,76 @@ SFT_SEED = 1001
 PAIR_SEED = 2002
 EVAL_SEED = 3003
 SOURCE = "shapes-world-demo"
+
+# The demo's world is the shapes world made easy to see: four colours, three shapes, every
+# object a large flat shape filling its quadrant at a fixed place and size, so that what the
+# model sees of an object depends only on what the object is.
+DEMO_COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+DEMO_KINDS: tuple[str, ...] = tuple(f"{c} {s}" for c in DEMO_COLORS for s in SHAPES)
+MARGIN = 12  # pixels between an object and the edges of its quadrant (224 px scene)
+
+
+def make_scenes(n: int, seed: int, max_objects: int = 3) -> list[Scene]:
+    """``n`` scenes (ids 0..n-1) of 1..``max_objects`` distinct objects, one per quadrant."""
+    rng = random.Random(seed)
+    cell = IMAGE_SIZE // 2
+    scenes = []
+    for image_id in range(n):
+        count = rng.randint(1, max_objects)
+        kinds = rng.sample(DEMO_KINDS, count)
+        quadrants = rng.sample(range(4), count)
+        objects = []
+        for kind, quadrant in zip(kinds, quadrants, strict=True):
+            color, shape = kind.split()
+            left, top = (quadrant % 2) * cell + MARGIN, (quadrant // 2) * cell + MARGIN
+            box = (left, top, left + cell - 2 * MARGIN, top + cell - 2 * MARGIN)
+            objects.append(ShapeObject(color, shape, box))
+        scenes.append(Scene(image_id, tuple(objects)))
+    return scenes
+
+
+def similar_absent(scene: Scene) -> list[str]:
+    """Absent objects that share a colour or a shape with a present one, sorted."""
+    present = set(scene.object_names)
+    return sorted(
+        kind
+        for kind in DEMO_KINDS
+        if kind not in present
+        and any(kind.split()[0] == o.color or kind.split()[1] == o.shape for o in scene.objects)
+    )
+
+
+def absent_objects(scene: Scene, count: int, rng: random.Random) -> list[str]:
+    """Objects not in the scene: half (rounded up) similar to a present one (POPE's
+    "adversarial" negatives), the rest any other absent object."""
+    similar = similar_absent(scene)
+    others = [k for k in DEMO_KINDS if k not in scene.object_names and k not in similar]
+    rng.shuffle(similar)
+    rng.shuffle(others)
+    first = similar[: (count + 1) // 2]
+    rest = [k for k in others + similar if k not in first]
+    return (first + rest)[:count]
+
+
+def pope_questions(scenes: list[Scene], seed: int) -> list[dict]:
+    """Balanced yes/no questions in POPE's schema: one "yes" per present object, as many
+    "no" (half of them similar objects)."""
+    rng = random.Random(seed)
+    rows = []
+    for scene in scenes:
+        asked = [(name, "yes") for name in scene.object_names]
+        asked += [(name, "no") for name in absent_objects(scene, len(scene.objects), rng)]
+        rng.shuffle(asked)
+        for name, label in asked:
+            rows.append(
+                {
+                    "question_id": len(rows) + 1,
+                    "image": scene.image_id,
+                    "text": f"Is there a {name} in the image?",
+                    "label": label,
+                }
+            )
+    return rows
 
 
 def question_prompt(name: str) -> str:
@@ -85,27 +156,50 @@ class SFTExample:
 def sft_examples(
     num_scenes: int,
     *,
-    extra_object_rate: float = 0.35,
-    false_yes_rate: float = 0.25,
+    extra_object_rate: float = 0.6,
+    false_yes_rate: float = 0.6,
     seed: int = SFT_SEED,
 ) -> list[SFTExample]:
-    """A description and yes/no questions per scene, with the two kinds of noise above.
+    """A description and balanced yes/no questions per scene, with the two kinds of noise.
 
-    Per scene: one description; one question per present object ("Yes."); one question about
-    an absent object, answered "Yes." with probability ``false_yes_rate``.
+    Per scene: one description, which names one extra similar object with probability
+    ``extra_object_rate``; one question per present object ("Yes.") and as many about absent
+    objects (half similar to a present one, as POPE asks). A similar absent object is
+    answered "Yes." with probability ``false_yes_rate``; any other absent object "No.".
     """
     rng = random.Random(seed)
     examples = []
     for scene in make_scenes(num_scenes, seed):
         names = ordered_objects(scene)
         if rng.random() < extra_object_rate:
-            names = names + absent_objects(scene, 1, rng)
+            names = names + rng.sample(similar_absent(scene), 1)
         examples.append(SFTExample(scene, DESCRIBE_PROMPT, describe(names)))
         for name in scene.object_names:
             examples.append(SFTExample(scene, question_prompt(name), "Yes."))
+        similar = similar_absent(scene)
+        for name in absent_objects(scene, len(scene.objects), rng):
+            fooled = name in similar and rng.random() < false_yes_rate
+            examples.append(SFTExample(scene, question_prompt(name), "Yes." if fooled else "No."))
+    rng.shuffle(examples)
+    return examples
+
+
+def grounding_examples(num_scenes: int, *, seed: int = SFT_SEED + 1) -> list[SFTExample]:
+    """The first SFT stage, all answers correct: one-object scenes, each with its description,
+    a question about its object ("Yes.") and one about a similar absent object ("No.").
+
+    A model this small learns to read colour and shape from one object before it has to
+    list several; without this stage it learned how many objects a scene had but not which,
+    and without its yes/no questions it answered "Yes." to every question.
+    """
+    rng = random.Random(seed)
+    examples = []
+    for scene in make_scenes(num_scenes, seed, max_objects=1):
+        name = scene.object_names[0]
+        examples.append(SFTExample(scene, DESCRIBE_PROMPT, describe([name])))
+        examples.append(SFTExample(scene, question_prompt(name), "Yes."))
         absent = absent_objects(scene, 1, rng)[0]
-        answer = "Yes." if rng.random() < false_yes_rate else "No."
-        examples.append(SFTExample(scene, question_prompt(absent), answer))
+        examples.append(SFTExample(scene, question_prompt(absent), "No."))
     rng.shuffle(examples)
     return examples
 

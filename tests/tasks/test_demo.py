@@ -9,16 +9,21 @@ from eval.shapes_world import make_scenes, scene_objects_for_chair
 from mmdpo.config import ConfigError
 from tasks.demo import engine_configs, prepare_out_dir, run_demo, split_overrides
 from tasks.demo_world import (
+    DEMO_COLORS,
     PAIR_SEED,
     describe,
+    grounding_examples,
     hallucination_score,
     ordered_objects,
+    pope_questions,
     preference_pairs,
     sft_examples,
+    similar_absent,
 )
 
 TINY = [
     "demo.sft_scenes=12",
+    "demo.grounding_steps=2",
     "demo.sft_steps=4",
     "demo.sft_batch_size=4",
     "demo.pair_scenes=6",
@@ -49,6 +54,48 @@ def test_descriptions_read_in_order_and_score_by_the_chair_rule():
     assert record["hallucinated"] == [absent]
 
 
+def test_demo_world_is_easy_to_see_and_its_pope_rows_are_balanced():
+    from tasks.demo_world import make_scenes as demo_scenes
+
+    scenes = demo_scenes(50, 7)
+    boxes = {obj.box for scene in scenes for obj in scene.objects}
+    assert len(boxes) == 4  # one fixed place and size per quadrant
+    assert {obj.color for scene in scenes for obj in scene.objects} <= set(DEMO_COLORS)
+    rows = pope_questions(scenes, 7)
+    labels = [row["label"] for row in rows]
+    assert labels.count("yes") == labels.count("no")
+    for example in grounding_examples(30):  # the first SFT stage: every answer is correct
+        name = example.prompt.split("Is there a ")[-1].split(" in the image?")[0]
+        if example.answer in ("Yes.", "No."):
+            assert (name in example.scene.object_names) == (example.answer == "Yes.")
+
+
+def test_patch_embedding_init_reads_mean_colour():
+    import torch
+
+    from tasks.demo_model import init_patch_embedding
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.visual = torch.nn.Module()
+            self.model.visual.patch_embed = torch.nn.Module()
+            self.model.visual.patch_embed.proj = torch.nn.Conv3d(
+                3, 32, kernel_size=(2, 14, 14), stride=(2, 14, 14), bias=False
+            )
+
+    holder = Holder()
+    init_patch_embedding(holder)
+    patch = torch.zeros(1, 3, 2, 14, 14)
+    patch[:, 0] = -1.0  # the red channel, everywhere
+    patch[:, 1, :, :7, :7] = -2.0  # the green channel, top-left corner only
+    out = holder.model.visual.patch_embed.proj(patch).flatten()
+    assert out[0].item() == pytest.approx(-1.0) and out[1].item() == pytest.approx(-0.5)
+    assert out[3 + 1].item() == pytest.approx(-2.0)  # corner 0, green
+    assert out[15:].abs().max().item() == 0.0
+
+
 def test_pairs_are_scored_by_rule_and_flipped_pairs_show_it_in_their_scores():
     pairs = preference_pairs(60, score_noise=0.0, flip_rate=0.3, low_margin_rate=0.3)
     assert pairs == preference_pairs(60, score_noise=0.0, flip_rate=0.3, low_margin_rate=0.3)
@@ -67,7 +114,7 @@ def test_pairs_are_scored_by_rule_and_flipped_pairs_show_it_in_their_scores():
 
 
 def test_sft_data_carries_the_configured_noise():
-    examples = sft_examples(300, extra_object_rate=0.4, false_yes_rate=0.5)
+    examples = sft_examples(400, extra_object_rate=0.4, false_yes_rate=0.5)
     descriptions = [e for e in examples if e.prompt.startswith("Please describe")]
     extra = [
         e
@@ -77,9 +124,19 @@ def test_sft_data_carries_the_configured_noise():
         ]
     ]
     assert 0.3 < len(extra) / len(descriptions) < 0.5
-    yes = sum(e.answer == "Yes." for e in examples if e not in descriptions)
-    no = sum(e.answer == "No." for e in examples if e not in descriptions)
-    assert yes > 2 * no  # present objects are asked about more, and absent ones get false yeses
+    fooled, similar_asked = 0, 0
+    for e in examples:
+        if e in descriptions:
+            continue
+        name = e.prompt.split("Is there a ")[1].split(" in the image?")[0]
+        if name in e.scene.object_names:
+            assert e.answer == "Yes."
+        elif name in similar_absent(e.scene):
+            similar_asked += 1
+            fooled += e.answer == "Yes."
+        else:
+            assert e.answer == "No."
+    assert 0.4 < fooled / similar_asked < 0.6  # false_yes_rate 0.5, on similar objects only
     assert sft_examples(300, extra_object_rate=0.0, false_yes_rate=0.0) != examples
 
 
