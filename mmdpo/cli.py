@@ -34,7 +34,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from data_adapters import DataError, UnknownFormatError
     from mmdpo.models.quantization import QuantizationUnavailableError
     from mmdpo.setup import SetupError
-    from mmdpo.train import TrainingError
+    from mmdpo.trainer import TrainingError
 
     return (
         ConfigError,
@@ -99,7 +99,7 @@ def load_run_data(config: Config, run_dir: Path) -> tuple[list[Any], list[Any]]:
 
 def train_from_config(config: Config, *, resume: bool = False) -> Any:
     """Load the data with the adapters, then run the engine."""
-    from mmdpo.train import train
+    from mmdpo.trainer import train
 
     run_dir = Path(config.train.output_dir)
     train_samples, eval_samples = load_run_data(config, run_dir)

@@ -268,7 +268,7 @@ def run_demo(
     eval_files = write_eval_data(out_dir / "eval_data", settings.pope_scenes, settings.chair_scenes)
     clock = stage("data", clock)
 
-    from mmdpo.train import train
+    from mmdpo.trainer import train
 
     runs: dict[str, Any] = {}
     for name, config in configs.items():

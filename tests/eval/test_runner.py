@@ -40,7 +40,7 @@ def tiny_llama(tiny_llama_dir):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_llama_dir, tmp_path_factory):
     """An mmdpo run folder: the tiny Llama trained for one step (lr high enough to move)."""
-    from mmdpo.train import train
+    from mmdpo.trainer import train
 
     run = tmp_path_factory.mktemp("runs") / "run"
     config = make_config(tiny_llama_dir, run, "train.max_steps=1", "train.learning_rate=5e-2")
@@ -281,7 +281,7 @@ def test_mmhal_export_on_a_tiny_vlm(tiny_vlm_dir, tmp_path, monkeypatch):
 
 def test_preference_uses_the_run_score_calibration(tiny_llama_dir, tmp_path):
     """A run trained on z-scored scores is evaluated on the same scale (its calibration.json)."""
-    from mmdpo.train import train
+    from mmdpo.trainer import train
 
     run = tmp_path / "run"
     pairs = arithmetic_pairs(6)

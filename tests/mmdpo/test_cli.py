@@ -153,3 +153,24 @@ def test_losses_lists_every_loss(capsys):
     out = capsys.readouterr().out
     for name in ("uni_dpo", "dpo", "ipo", "hinge", "simpo", "orpo"):
         assert name in out
+
+
+def test_package_level_train_loads_the_configured_data(tiny_llama_dir, pairs_file, tmp_path):
+    import mmdpo
+    from mmdpo.config import load_config
+
+    config = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_llama_dir}",
+            f"data.train={pairs_file}",
+            "data.format=trl",
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.max_steps=1",
+            "train.progress=false",
+            "train.plots=false",
+            "model.dtype=float32",
+        ],
+    )
+    result = mmdpo.train(config)
+    assert result.steps == 1 and result.final_checkpoint.name == "step-000001"

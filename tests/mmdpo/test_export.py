@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mmdpo.checkpoint import latest_checkpoint
 from mmdpo.config import load_config
 from mmdpo.export import ExportError, add_arguments, export_run, run
-from mmdpo.train import train
+from mmdpo.trainer import train
 from mmdpo.types import PreferenceSample
 
 LOGIT_TOLERANCE = 1e-4

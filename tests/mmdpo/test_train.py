@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmdpo.checkpoint import latest_checkpoint
-from mmdpo.train import TrainingError, train
+from mmdpo.trainer import TrainingError, train
 from mmdpo.types import PreferenceSample
 from tests.fixtures import arithmetic_pairs, make_config
 
@@ -157,7 +157,7 @@ def test_nan_steps_are_skipped_then_stop_the_run(tiny_llama_dir, tmp_path, monke
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr("mmdpo.train.compute_objective", poisoned)
+    monkeypatch.setattr("mmdpo.trainer.compute_objective", poisoned)
     config = make_config(
         tiny_llama_dir,
         tmp_path / "run",
