@@ -92,7 +92,7 @@ def mmdpo_samples(spec: dict[str, Any]) -> list[Any]:
 
 
 def run_mmdpo(spec: dict[str, Any]) -> dict[str, Any]:
-    import mmdpo.train as engine
+    import mmdpo.trainer as engine
 
     step_ends: list[float] = []
     step_cpu: list[float] = []
