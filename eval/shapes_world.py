@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -126,16 +127,22 @@ def absent_objects(scene: Scene, count: int, rng: random.Random) -> list[str]:
     return (similar[: (count + 1) // 2] + others)[:count]
 
 
-def pope_questions(scenes: list[Scene], seed: int = 0) -> list[dict]:
+def pope_questions(
+    scenes: list[Scene],
+    seed: int = 0,
+    absent: Callable[[Scene, int, random.Random], list[str]] | None = None,
+) -> list[dict]:
     """Balanced yes/no questions: one "yes" per present object, as many "no" as "yes".
 
     Rows use POPE's own schema: question_id (from 1), image (the scene id), text, label.
+    ``absent`` picks the absent objects asked about (default: :func:`absent_objects`).
     """
+    absent = absent or absent_objects
     rng = random.Random(seed)
     rows = []
     for scene in scenes:
         asked = [(name, "yes") for name in scene.object_names]
-        asked += [(name, "no") for name in absent_objects(scene, len(scene.objects), rng)]
+        asked += [(name, "no") for name in absent(scene, len(scene.objects), rng)]
         rng.shuffle(asked)
         for name, label in asked:
             rows.append(

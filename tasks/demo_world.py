@@ -29,6 +29,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval import shapes_world
 from eval.chair import PROMPT as DESCRIBE_PROMPT
 from eval.chair import VOCABULARIES, chair_record
 from eval.pope import ANSWER_HINT
@@ -97,24 +98,9 @@ def absent_objects(scene: Scene, count: int, rng: random.Random) -> list[str]:
 
 
 def pope_questions(scenes: list[Scene], seed: int) -> list[dict]:
-    """Balanced yes/no questions in POPE's schema: one "yes" per present object, as many
-    "no" (half of them similar objects)."""
-    rng = random.Random(seed)
-    rows = []
-    for scene in scenes:
-        asked = [(name, "yes") for name in scene.object_names]
-        asked += [(name, "no") for name in absent_objects(scene, len(scene.objects), rng)]
-        rng.shuffle(asked)
-        for name, label in asked:
-            rows.append(
-                {
-                    "question_id": len(rows) + 1,
-                    "image": scene.image_id,
-                    "text": f"Is there a {name} in the image?",
-                    "label": label,
-                }
-            )
-    return rows
+    """Balanced yes/no questions in POPE's schema about this world's objects (half of the
+    "no" questions about similar objects)."""
+    return shapes_world.pope_questions(scenes, seed, absent=absent_objects)
 
 
 def question_prompt(name: str) -> str:
