@@ -171,7 +171,13 @@ def prepare_reference(
     keys = {pair.id: pair_key(pair, identity) for pair in pairs}
     todo = [pair for pair in pairs if keys[pair.id] not in cache]
     if todo:
-        fill_reference_cache(config, policy, todo, keys, cache, collate, accelerator)
+        # One process computes the cache and writes it; the others read it (no rank does the
+        # pass a second time).
+        if accelerator.is_main_process:
+            fill_reference_cache(config, policy, todo, keys, cache, collate, accelerator)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            cache = ReferenceCache(cache.folder)
     return ReferenceModel(mode, cache=cache, keys_by_id=keys)
 
 
@@ -187,7 +193,8 @@ def fill_reference_cache(
 ) -> None:
     """One pass of the reference (the base: adapter off, or the policy itself) over ``pairs``."""
     use_adapter_off = hasattr(policy, "disable_adapter")
-    policy.to(accelerator.device) if not getattr(policy, "hf_device_map", None) else None
+    if not getattr(policy, "hf_device_map", None):  # bitsandbytes models are placed already
+        policy.to(accelerator.device)
     was_training = policy.training
     policy.eval()
     batch_size = max(1, config.train.batch_size)
