@@ -106,6 +106,18 @@ def _tokenize_or_stop(
     return result.pairs
 
 
+def _check_unique_ids(pairs: list[TokenizedPair]) -> None:
+    """Ids key the reference cache and the records: two different pairs must not share one."""
+    seen: set[str] = set()
+    repeated = sorted({p.id for p in pairs if p.id in seen or seen.add(p.id)})
+    if repeated:
+        raise TrainingError(
+            f"{len(repeated)} sample id(s) occur more than once across the training and "
+            f"held-out data, e.g. {repeated[:5]}; give each data entry its own file name or "
+            "ids (adapters number repeats within one file, not across files)"
+        )
+
+
 def _calibrate(
     config: Config, train_samples: list[PreferenceSample], resume_from: Path | None
 ) -> Calibration:
@@ -229,6 +241,7 @@ def train(
     eval_pairs = _tokenize_or_stop(eval_samples, transform, config, run_dir, "eval", main)
     if config.data.limit is not None:
         train_pairs = train_pairs[: config.data.limit]
+    _check_unique_ids(train_pairs + eval_pairs)
     # Pixel tensors are re-created batch by batch, not held for the whole dataset.
     drop_image_tensors(train_pairs + eval_pairs)
     pad_id = transform.tokenizer.pad_token_id

@@ -64,14 +64,14 @@ def tiny_vlm_dir(tmp_path_factory, session_tokenizer) -> Callable[[str], Path]:
 # --- plain helpers for engine tests -------------------------------------------------------
 
 
-def arithmetic_pairs(n, seed=0, with_scores=True):
+def arithmetic_pairs(n, seed=0, with_scores=True, prefix="p"):
     rng = random.Random(seed)
     out = []
     for i in range(n):
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         out.append(
             PreferenceSample(
-                id=f"p{i}",
+                id=f"{prefix}{i}",
                 prompt=f"What is {a} plus {b}?",
                 chosen=f"The answer is {a + b}.",
                 rejected=f"The answer is {a + b + 1}.",

@@ -19,7 +19,7 @@ def adapter_weights(checkpoint):
 
 def test_uni_dpo_run_writes_a_complete_run_folder(tiny_llama_dir, tmp_path):
     config = make_config(tiny_llama_dir, tmp_path / "run", "train.eval_every=2", "train.plots=true")
-    result = train(config, arithmetic_pairs(12), arithmetic_pairs(4, seed=1))
+    result = train(config, arithmetic_pairs(12), arithmetic_pairs(4, seed=1, prefix="e"))
     run = tmp_path / "run"
     assert result.steps == 3 and result.final_checkpoint == latest_checkpoint(run)
     for name in ("config.yaml", "calibration.json", "metrics.jsonl", "plots/loss.png"):
@@ -70,6 +70,10 @@ def test_precomputed_reference_equals_adapter_off(tiny_llama_dir, tmp_path):
     class Acc:
         device = torch.device("cpu")
         is_main_process = True
+
+        @staticmethod
+        def wait_for_everyone():
+            return None
 
         @staticmethod
         def autocast():
@@ -220,3 +224,9 @@ def test_vision_training_with_images(tiny_vlm_dir, tmp_path, reference):
     # The projector (Qwen2-VL's visual.merger) trains by default; the tower's blocks never do.
     assert not any("visual.blocks" in k for k in weights), "LoRA reached the frozen vision tower"
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
+
+
+def test_repeated_ids_across_train_and_eval_are_refused(tiny_llama_dir, tmp_path):
+    train_pairs, held_out = arithmetic_pairs(8), arithmetic_pairs(2)  # both have p0, p1
+    with pytest.raises(TrainingError, match="occur more than once"):
+        train(make_config(tiny_llama_dir, tmp_path / "run"), train_pairs, held_out)
