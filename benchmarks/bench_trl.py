@@ -297,9 +297,56 @@ def versions() -> dict[str, str]:
 
 
 def write_report(path: Path, state: dict[str, Any]) -> None:
+    """The report, and its state beside it (``RESULTS.json``) for a later ``--merge``."""
     from report import render
 
     path.write_text(render(state), encoding="utf-8")
+    path.with_suffix(".json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+
+
+def merge_earlier(state: dict[str, Any], earlier_file: Path) -> list[str]:
+    """Fold the cases of an earlier run's state into ``state``, where this run does not
+    measure them (a case measured now replaces its earlier numbers). Returns their names."""
+    try:
+        earlier = json.loads(earlier_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--merge {earlier_file}: cannot read the state: {err}") from None
+    missing = [k for k in ("cases", "runs", "checks", "command", "date") if k not in earlier]
+    if missing:
+        raise SystemExit(f"--merge {earlier_file}: not a benchmark state (no {missing})")
+    if earlier.get("preset") != state["preset"]:
+        raise SystemExit(
+            f"--merge {earlier_file}: preset {earlier.get('preset')!r}, this run"
+            f" {state['preset']!r}; sizes must match"
+        )
+    ours = {c["name"] for c in state["cases"]}
+    # An earlier state may itself hold merged cases; keep their own provenance.
+    sources = {s["id"]: s for s in earlier.get("earlier", [])}
+    this_id = len(sources)
+    taken = []
+    for case in earlier["cases"]:
+        if case["name"] in ours or not earlier["runs"].get(case["name"]):
+            continue
+        source = case.get("source")
+        if source is None:
+            source = this_id
+            sources[this_id] = {
+                "id": this_id,
+                "command": earlier["command"],
+                "date": earlier["date"],
+                "finished": earlier.get("finished"),
+                "load_average": earlier.get("machine", {}).get("load_average", "?"),
+                "repeats": earlier.get("repeats"),
+                "steps": earlier.get("steps"),
+            }
+        state["cases"].append({**case, "source": source})
+        state["runs"][case["name"]] = earlier["runs"][case["name"]]
+        if case["name"] in earlier["checks"]:
+            state["checks"][case["name"]] = earlier["checks"][case["name"]]
+        taken.append(case["name"])
+    used = {c.get("source") for c in state["cases"]}
+    state["earlier"] = [s for i, s in sorted(sources.items()) if i in used]
+    return taken
 
 
 # ---------------------------------------------------------------------------------- main
@@ -349,6 +396,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--work-dir", type=Path, default=Path("/tmp/mmdpo-bench"), help="models, data, runs"
     )
     parser.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="an earlier run's state (e.g. benchmarks/RESULTS.json): its cases that this run"
+        " does not measure are kept in the report, marked with their own command and date",
+    )
+    parser.add_argument(
         "--child", nargs=3, metavar=("MODE", "SPEC", "RESULT"), help=argparse.SUPPRESS
     )
     return parser.parse_args(argv)  # fmt: skip
@@ -391,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {c.name: {"mmdpo": [], "trl": []} for c in cases},
         "failures": [],
     }
+    if args.merge:
+        taken = merge_earlier(state, args.merge)
+        print(f"kept from {args.merge}: {', '.join(taken) or 'nothing'}", flush=True)
     import workload
 
     state["sizes"] = asdict(workload.PRESETS[preset])

@@ -67,9 +67,16 @@ def _header(state: dict[str, Any]) -> list[str]:
         " log-probs, no gradient checkpointing, the same pairs in the same order (no shuffle).",
         "- Peak memory: peak RSS of the run's process on CPU (model load included); peak CUDA"
         " memory allocated on GPU. Model FLOP/s: see `flops.py` (the same count for both).",
-        "",
     ]
-    return lines
+    for source in state.get("earlier", []):
+        names = ", ".join(c["name"] for c in state["cases"] if c.get("source") == source["id"])
+        lines.append(
+            f"- Cases marked [earlier {source['id'] + 1}] come from an earlier run on the same"
+            f" machine and preset: `{source['command']}`, {source['date']}, load average at"
+            f" start {source['load_average']}, {source['repeats']} run(s) per engine of"
+            f" {source['steps']} steps: {names}"
+        )
+    return lines + [""]
 
 
 def _checks(state: dict[str, Any]) -> list[str]:
@@ -81,7 +88,9 @@ def _checks(state: dict[str, Any]) -> list[str]:
         "| case | mmdpo loss | TRL loss | abs diff | same token ids | result |",
         "|---|---|---|---|---|---|",
     ]
+    marks = {case["name"]: _mark(case) for case in state["cases"]}
     for name, c in state["checks"].items():
+        name = name + marks.get(name, "")
         if "trl_refusal" in c:
             lines.append(
                 f"| {name} | — | — | — | — | TRL refuses: {c['trl_refusal'] or 'no error?'} |"
@@ -97,9 +106,14 @@ def _checks(state: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _mark(case: dict[str, Any]) -> str:
+    source = case.get("source")
+    return "" if source is None else f" [earlier {source + 1}]"
+
+
 def _case_table(case: dict[str, Any], runs: dict[str, list], peak: dict[str, float]) -> list[str]:
     lines = [
-        f"### {case['name']}: {case['what']}",
+        f"### {case['name']}: {case['what']}{_mark(case)}",
         "",
         "| engine | runs | pairs/s | tokens/s | step s | pairs per CPU-s | peak memory MiB |"
         " model GFLOP/s | % of fp32 peak | % of bf16 peak |",
@@ -159,7 +173,7 @@ def _targets(state: dict[str, Any]) -> list[str]:
             continue
         speed = _ratio(_median(runs["mmdpo"], "pairs_per_s"), _median(runs["trl"], "pairs_per_s"))
         memory = _ratio(_median(runs["mmdpo"], "peak_mib"), _median(runs["trl"], "peak_mib"))
-        name = case["name"]
+        name = case["name"] + _mark(case)
         cpu_speed = _ratio(_cpu_median(runs["mmdpo"]), _cpu_median(runs["trl"]))
         rows = [("never slower than TRL", speed, speed >= 1, "pairs/s")]
         if cpu_speed is not None:
@@ -168,7 +182,9 @@ def _targets(state: dict[str, Any]) -> list[str]:
             )
         rows.append(("peak memory <= TRL's", memory, memory <= 1, "memory"))
         rows += [
-            (label, speed, speed >= goal, "pairs/s") for n, goal, label in TARGETS if n == name
+            (label, speed, speed >= goal, "pairs/s")
+            for n, goal, label in TARGETS
+            if n == case["name"]
         ]
         for label, value, met, unit in rows:
             lines.append(f"| {label} | {name} | {_f(value)}x {unit} | {'yes' if met else 'NO'} |")
