@@ -56,11 +56,11 @@ class DemoSettings:
     """The demo's own knobs (``demo.<field>=value``); the engine's are the usual config keys."""
 
     seed: int = 0
-    threads: int = 1
-    """torch CPU threads. One by default: the numbers below were measured with one, float
-    sums depend on the thread count (and so can the tiny model's SFT), and on a shared
-    2-core machine one thread is also the fastest."""
     """Seed of the model initialisation, the SFT order and the alignment runs."""
+    threads: int = 1
+    """torch CPU threads. One by default: the numbers in docs/demo.md were measured with one,
+    float sums depend on the thread count (and so can the tiny model's SFT), and on a shared
+    2-core machine one thread is also the fastest."""
     hidden_size: int = 128
     """Width of the language model."""
     num_layers: int = 2
