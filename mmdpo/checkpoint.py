@@ -19,11 +19,20 @@ and folders are fsynced, and only then is the folder renamed into place. So a fo
 most a ``.tmp`` folder, which resume ignores and the next save removes.
 
 Every file that ``load_checkpoint`` reads with ``torch.load`` is read with ``weights_only=True``:
-the RNG states are stored as tensors and plain lists, never as numpy objects.
+the RNG states are stored as tensors and plain lists, never as numpy objects (DeepSpeed's
+optimizer files also hold its loss-scaler objects, allowed by name).
+
+Sharded runs (FSDP, DeepSpeed ZeRO; see ``mmdpo/sharding.py``) differ in two places. The trainable
+weights are first gathered by every process together, and the main process writes them, full,
+in the same format (the adapter still loads with ``PeftModel.from_pretrained``). The optimizer
+state stays split: each process writes its own ``optimizer_rank_<i>.pt`` instead of
+``optimizer.pt``, and ``sharding.json`` records the kind of sharding and the number of
+processes; a resume with another kind or number is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,15 +40,17 @@ import random
 import re
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from peft import PeftModel
-from peft.utils import set_peft_model_state_dict
-from safetensors.torch import load_file, load_model, save_model
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from mmdpo.sharding import WRAPPED_CHILDREN, Sharding
 
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -50,7 +61,9 @@ SCHEDULER_FILE = "scheduler.pt"
 TRAIN_STATE_FILE = "train_state.json"
 CONFIG_FILE = "config.json"
 CALIBRATION_FILE = "calibration.json"
+SHARDING_FILE = "sharding.json"
 FORMAT_VERSION = 1
+
 
 _COMPLETE_NAME = re.compile(r"^step-(\d+)$")
 # Leftovers of an interrupted save (.tmp), replace (.old) or prune (.deleting).
@@ -88,6 +101,7 @@ def save_checkpoint(
     is_main_process: bool = True,
     process_index: int = 0,
     barrier: Callable[[], None] | None = None,
+    sharding: Sharding | None = None,
 ) -> Path:
     """Write the checkpoint of ``step`` atomically and prune old ones; return its folder.
 
@@ -106,22 +120,40 @@ def save_checkpoint(
         process_index: this process's rank; each process saves its own RNG states.
         barrier: with several processes, a callable that waits for all of them
             (``accelerator.wait_for_everyone``). Without it only the main process saves.
-
-    Sharded optimizers and models (DeepSpeed ZeRO-3, FSDP) are not gathered here.
+        sharding: for FSDP and DeepSpeed ZeRO (weights or optimizer state split across
+            processes): every process must call this, with its own optimizer; the weights are
+            gathered and the optimizer state is written one file per process.
     """
     final = checkpoint_dir(run_dir, step)
     temporary = final.with_name(final.name + ".tmp")
     wait = barrier or (lambda: None)
+    if sharding is not None and sharding.world_size > 1 and barrier is None:
+        raise ValueError("a sharded save with several processes needs their barrier")
     if is_main_process:
         remove_leftovers(run_dir)
         temporary.mkdir(parents=True)
     wait()
     if is_main_process or barrier is not None:
         torch.save(_rng_state(), temporary / f"rng_state_{process_index}.pt")
+    weights = None
+    if sharding is not None:
+        weights = sharding.gather_weights()  # a collective: every process, same order
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), temporary / optimizer_shard_name(process_index))
     wait()
     if is_main_process:
         try:
-            _write_contents(temporary, model, optimizer, scheduler, train_state, config)
+            _write_contents(
+                temporary,
+                model,
+                optimizer if sharding is None else None,
+                scheduler,
+                train_state,
+                config,
+                weights=weights,
+            )
+            if sharding is not None:
+                _write_sharding(temporary, sharding, with_optimizer=optimizer is not None)
             if calibration is not None:
                 _write_json(temporary / CALIBRATION_FILE, calibration)
             _write_manifest(temporary, step)
@@ -179,6 +211,7 @@ def load_checkpoint(
     process_index: int = 0,
     restore_rng: bool = True,
     verify: bool = True,
+    sharding: Sharding | None = None,
 ) -> dict[str, Any]:
     """Restore model weights, optimizer, scheduler and RNG states; return the train state.
 
@@ -186,14 +219,30 @@ def load_checkpoint(
     this: the adapter weights are loaded into the existing modules bit for bit. ``verify``
     checks every file's sha256 against the manifest first. Each process restores the RNG
     states saved by the process with its index (the main one's when that file is missing).
+
+    ``sharding`` (FSDP, DeepSpeed ZeRO): every process must call this; the weights are loaded
+    through ``sharding.load_weights`` and each process reads its own optimizer file. A
+    checkpoint saved by a different number of sharded processes, or by an unsharded run, is
+    refused when an optimizer is to be restored.
     """
     path = Path(path)
     if not is_complete(path):
         raise CheckpointError(f"{path} is not a complete checkpoint")
     if verify:
         _verify_hashes(path)
-    _load_weights(path, _unwrap(model))
-    if optimizer is not None:
+    _check_layout(path, sharding, with_optimizer=optimizer is not None)
+    if sharding is None:
+        _load_weights(path, _unwrap(model))
+    else:
+        sharding.load_weights(_trainable_weights(path, _unwrap(model), sharding.trainable_names))
+    if optimizer is not None and sharding is not None:
+        with torch.serialization.safe_globals(list(sharding.safe_globals)):
+            state = _torch_load(path / optimizer_shard_name(process_index))
+        if sharding.load_optimizer is None:
+            optimizer.load_state_dict(state)
+        else:
+            sharding.load_optimizer(optimizer, state)
+    elif optimizer is not None:
         optimizer.load_state_dict(_torch_load(path / OPTIMIZER_FILE))
     if scheduler is not None:
         scheduler.load_state_dict(_torch_load(path / SCHEDULER_FILE))
@@ -255,10 +304,20 @@ def _write_contents(
     scheduler: Any | None,
     train_state: dict[str, Any] | None,
     config: dict[str, Any] | None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """``weights``: gathered trainable weights of a sharded model, written instead of its own."""
     model = _unwrap(model)
-    if isinstance(model, PeftModel):
+    if isinstance(model, PeftModel) and weights is None:
         model.save_pretrained(str(folder), safe_serialization=True)
+    elif isinstance(model, PeftModel):
+        _save_gathered_adapter(folder, model, weights)
+    elif weights is not None:
+        # Cloned: tied weights must not share storage in a safetensors file.
+        save_file(
+            {k: v.detach().clone().contiguous() for k, v in weights.items()},
+            str(folder / MODEL_WEIGHTS),
+        )
     else:
         save_model(model, str(folder / MODEL_WEIGHTS))
     if optimizer is not None:
@@ -267,6 +326,71 @@ def _write_contents(
         torch.save(scheduler.state_dict(), folder / SCHEDULER_FILE)
     _write_json(folder / TRAIN_STATE_FILE, train_state or {})
     _write_json(folder / CONFIG_FILE, config or {})
+
+
+def _save_gathered_adapter(
+    folder: Path, model: PeftModel, weights: dict[str, torch.Tensor]
+) -> None:
+    """``save_pretrained`` from the gathered trainable weights instead of the model's own."""
+    with _wrappers_hidden(model):
+        names = tuple(weights)
+        saved = set()
+        for adapter_name in model.peft_config:
+            saved.update(adapter_file_keys(model, names, adapter_name).values())
+        if saved != set(names):
+            raise CheckpointError(
+                f"PEFT would not save the trainable weights {sorted(set(names) - saved)[:5]}"
+            )
+        # PEFT picks each adapter's weights out of state_dict and strips the adapter name, as
+        # it does from the model's own state_dict in an unsharded save.
+        model.save_pretrained(str(folder), safe_serialization=True, state_dict=weights)
+
+
+@contextlib.contextmanager
+def _wrappers_hidden(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` with FSDP1 and activation-checkpoint wrappers lifted out of its module tree.
+
+    PEFT finds an adapter's weights by module names and strips only a leading
+    ``_fsdp_wrapped_module.``; FSDP1 wraps each decoder layer, so names carry the prefix in the
+    middle and nothing would be selected. Only ``_modules`` entries are swapped (no weights are
+    touched), and all are put back on exit.
+    """
+    swapped = []
+    try:
+        for parent in list(model.modules()):
+            for name, child in list(parent._modules.items()):
+                inner = _wrapped_module(child)
+                if inner is not child:
+                    swapped.append((parent, name, child))
+                    parent._modules[name] = inner
+        yield model
+    finally:
+        for parent, name, child in reversed(swapped):
+            parent._modules[name] = child
+
+
+def _wrapped_module(module: torch.nn.Module | None) -> torch.nn.Module | None:
+    """The module inside any wrappers around ``module`` (``module`` itself if none)."""
+    while module is not None:
+        inner = next((module._modules[k] for k in WRAPPED_CHILDREN if k in module._modules), None)
+        if inner is None:
+            return module
+        module = inner
+    return module
+
+
+def optimizer_shard_name(process_index: int) -> str:
+    """The file of one process's optimizer state in a sharded checkpoint."""
+    return f"optimizer_rank_{process_index}.pt"
+
+
+def _write_sharding(folder: Path, sharding: Sharding, with_optimizer: bool) -> None:
+    files = [optimizer_shard_name(i) for i in range(sharding.world_size)] if with_optimizer else []
+    missing = [name for name in files if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"sharded save: optimizer state missing from {missing}")
+    layout = {"kind": sharding.kind, "world_size": sharding.world_size, "optimizer": files}
+    _write_json(folder / SHARDING_FILE, layout)
 
 
 def _write_json(file: Path, value: Any) -> None:
@@ -359,6 +483,76 @@ def _load_weights(path: Path, model: torch.nn.Module) -> None:
                 f"adapter {adapter_name!r} in {folder} has weights the model lacks: "
                 f"{result.unexpected_keys[:5]}"
             )
+
+
+def _check_layout(path: Path, sharding: Sharding | None, with_optimizer: bool) -> None:
+    """Refuse a resume whose optimizer state was split across another set of processes."""
+    file = path / SHARDING_FILE
+    saved = json.loads(file.read_text()) if file.is_file() else None
+    if saved is not None and sharding is None:
+        raise CheckpointError(
+            f"{path} was saved by a sharded run ({saved['kind']}, {saved['world_size']} "
+            "processes); resume it with the same accelerate config and --num_processes "
+            f"{saved['world_size']}"
+        )
+    if sharding is None or not with_optimizer:
+        return
+    if saved is None:
+        raise CheckpointError(
+            f"{path} was saved without sharding (one process or DDP): its optimizer state "
+            f"cannot be split across {sharding.kind} processes; resume it as it was saved"
+        )
+    if (saved["kind"], saved["world_size"]) != (sharding.kind, sharding.world_size):
+        raise CheckpointError(
+            f"{path} holds the optimizer state of {saved['world_size']} {saved['kind']} "
+            f"processes, one file each, and this run is {sharding.world_size} {sharding.kind} "
+            f"processes; resume with the same accelerate config and --num_processes "
+            f"{saved['world_size']}"
+        )
+
+
+def _trainable_weights(
+    path: Path, model: torch.nn.Module, names: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights keyed as the model's trainable parameters, every one of them."""
+    if isinstance(model, PeftModel):
+        weights: dict[str, torch.Tensor] = {}
+        for adapter_name in model.peft_config:
+            folder = path if adapter_name == "default" else path / adapter_name
+            saved = load_file(str(folder / ADAPTER_WEIGHTS))
+            with _wrappers_hidden(model):
+                names_by_file_key = adapter_file_keys(model, names, adapter_name)
+            unknown = sorted(set(saved) - set(names_by_file_key))
+            if unknown:
+                raise CheckpointError(
+                    f"adapter {adapter_name!r} in {folder} has weights that are not trainable "
+                    f"parameters of the model: {unknown[:5]}"
+                )
+            weights.update({names_by_file_key[key]: value for key, value in saved.items()})
+    else:
+        weights = load_file(str(path / MODEL_WEIGHTS))
+    missing = sorted(set(names) - set(weights))
+    if missing:
+        raise CheckpointError(f"{path} lacks trainable weights of the model: {missing[:5]}")
+    return {name: weights[name] for name in names}
+
+
+def adapter_file_keys(
+    model: PeftModel, names: tuple[str, ...], adapter_name: str
+) -> dict[str, str]:
+    """The key under which ``save_pretrained`` stores each of the weights ``names``.
+
+    PEFT's own selection and renaming (``get_peft_model_state_dict``) runs over one index tag
+    per name instead of the weights, so the mapping is PEFT's, whatever its naming rules.
+    """
+    tags = {name: torch.tensor(index) for index, name in enumerate(names)}
+    selected = get_peft_model_state_dict(model, state_dict=tags, adapter_name=adapter_name)
+    mapping = {}
+    for file_key, tag in selected.items():
+        if not (isinstance(tag, torch.Tensor) and tag.dim() == 0 and tag.dtype == torch.int64):
+            raise CheckpointError(f"cannot tell which parameter PEFT saves as {file_key!r}")
+        mapping[file_key] = names[int(tag)]
+    return mapping
 
 
 def _torch_load(file: Path) -> Any:

@@ -182,7 +182,8 @@ class TrainSettings:
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
     optimizer: str = "adamw"
-    """adamw, adamw_8bit or paged_adamw_8bit (bitsandbytes)."""
+    """adamw, adamw_8bit or paged_adamw_8bit (bitsandbytes; on CPU, where paging is not
+    supported, bitsandbytes warns and runs it unpaged, the same as adamw_8bit)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     scheduler: str = "cosine"

@@ -19,7 +19,9 @@ class ReferenceModel:
     """Reference log-probs for a batch, whichever way the run gets them.
 
     Modes:
-        adapter_off: the policy with its LoRA adapter switched off (no second copy).
+        adapter_off: the policy with its LoRA adapter switched off (no second copy). Give the
+            policy as ``accelerator.prepare`` returned it: under FSDP the forward must run
+            through the wrapper, which gathers the root unit's weights.
         model: a separate frozen model.
         precomputed: looked up in a :class:`ReferenceCache` filled before training; the batch's
             pair ids map to cache keys through ``keys_by_id``.

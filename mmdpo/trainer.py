@@ -49,6 +49,7 @@ from mmdpo.setup import (
     load_processing,
     prepare_reference,
 )
+from mmdpo.sharding import sharding_for
 from mmdpo.types import PreferenceSample, TokenizedPair
 
 
@@ -268,7 +269,17 @@ def train(
     total_steps = config.train.max_steps or max(1, math.ceil(config.train.epochs * steps_per_epoch))
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, total_steps)
+    if accelerator.state.deepspeed_plugin is not None:
+        # accelerate reads DeepSpeed's micro-batch size off a dataloader; mmdpo batches itself.
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
     model, optimizer = accelerator.prepare(model, optimizer)
+    if reference is not None and reference.mode == "adapter_off":
+        # Through accelerate's wrapper, not the module inside it: under FSDP the root unit's
+        # weights (embeddings, output layer) are gathered only by the wrapper's forward.
+        reference.policy = model
+    # FSDP / DeepSpeed ZeRO: weights gathered by every process, optimizer state per process.
+    sharding = sharding_for(accelerator, model)
 
     start_step = 0
     if resume_from is not None:
@@ -278,6 +289,7 @@ def train(
             optimizer=optimizer,
             scheduler=scheduler,
             process_index=accelerator.process_index,
+            sharding=sharding,
         )
         start_step = int(state["step"])
 
@@ -314,6 +326,7 @@ def train(
             is_main_process=accelerator.is_main_process,
             process_index=accelerator.process_index,
             barrier=accelerator.wait_for_everyone,
+            sharding=sharding,
         )
 
     def run_eval(step: int) -> dict[str, float]:

@@ -35,8 +35,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_two_processes(words: list[str]) -> subprocess.CompletedProcess:
-    """``accelerate launch --config_file ddp.yaml --num_processes 2 -m mmdpo.cli train ...``."""
+def launch_two_processes(
+    words: list[str],
+    config: Path = DDP_CONFIG,
+    module: str = "mmdpo.cli",
+    launch_args: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file ddp.yaml --num_processes 2 -m mmdpo.cli train ...``.
+
+    ``config``, ``module`` and ``launch_args`` (flags before ``-m``) change those parts.
+    """
     env = {
         **os.environ,
         "CUDA_VISIBLE_DEVICES": "",  # CPU and gloo even where GPUs exist
@@ -51,13 +59,14 @@ def launch_two_processes(words: list[str]) -> subprocess.CompletedProcess:
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(DDP_CONFIG),
+        str(config),
         "--num_processes",
         "2",
         "--main_process_port",
         str(_free_port()),
+        *launch_args,
         "-m",
-        "mmdpo.cli",
+        module,
         "train",
         *words,
     ]

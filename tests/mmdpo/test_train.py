@@ -230,3 +230,52 @@ def test_repeated_ids_across_train_and_eval_are_refused(tiny_llama_dir, tmp_path
     train_pairs, held_out = arithmetic_pairs(8), arithmetic_pairs(2)  # both have p0, p1
     with pytest.raises(TrainingError, match="occur more than once"):
         train(make_config(tiny_llama_dir, tmp_path / "run"), train_pairs, held_out)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_8bit", "paged_adamw_8bit"])
+def test_8bit_optimizers_train_and_resume_exactly(tiny_llama_dir, tmp_path, optimizer):
+    """bitsandbytes' AdamW8bit and PagedAdamW8bit: uint8 moments, exact resume from optimizer.pt.
+
+    bitsandbytes keeps 32-bit moments for tensors under 4096 elements; with lora.r=64 (hidden
+    size 64) all LoRA matrices but k_proj's and v_proj's B (32 x 64) take the 8-bit path.
+    Without CUDA the paged optimizer warns and runs unpaged (bitsandbytes 0.50).
+    """
+    import shutil
+    import warnings
+
+    extra = (
+        f"train.optimizer={optimizer}",
+        "lora.r=64",
+        "lora.alpha=64",
+        "train.max_steps=4",
+        "train.save_every=2",
+        "train.keep_last=5",
+    )
+    pairs = arithmetic_pairs(16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        full = train(make_config(tiny_llama_dir, tmp_path / "full", *extra), pairs)
+    paged_warning = any("Paged optimizers are not supported" in str(w.message) for w in caught)
+    assert paged_warning == (optimizer.startswith("paged") and not torch.cuda.is_available())
+
+    state = torch.load(full.final_checkpoint / "optimizer.pt", weights_only=True)["state"]
+    assert len(state) == 28
+    moments = [entry["__bnb_optimizer_quant_state__"] for entry in state.values()]
+    for m in moments:
+        expected = torch.uint8 if m["state1"].numel() >= 4096 else torch.float32
+        assert m["state1"].dtype == m["state2"].dtype == expected
+    assert sum(m["state1"].dtype == torch.uint8 for m in moments) == 24
+    weights = adapter_weights(full.final_checkpoint)
+    assert all(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
+
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "checkpoints").mkdir(parents=True)
+    shutil.copytree(
+        tmp_path / "full" / "checkpoints" / "step-000002",
+        interrupted / "checkpoints" / "step-000002",
+    )
+    torch.manual_seed(1234)
+    resumed = train(make_config(tiny_llama_dir, interrupted, *extra), pairs, resume=True)
+    a, b = weights, adapter_weights(resumed.final_checkpoint)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a)
