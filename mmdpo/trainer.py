@@ -192,7 +192,7 @@ def train(
     """Train ``config``'s model on the samples; write the run folder; return the outcome."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import gather_object, set_seed
+    from accelerate.utils import set_seed
 
     try:
         spec = get_loss(config.loss.name)
@@ -200,11 +200,6 @@ def train(
     except ValueError as err:
         raise ConfigError(f"loss: {err}") from None
     check_run(config, spec, train_samples + list(eval_samples or []))
-    average = (
-        spec.length_normalized
-        if config.loss.length_normalized is None
-        else bool(config.loss.length_normalized)
-    )
 
     # One process may train several runs (demo --compare, tests) with different precisions;
     # the process-group state (PartialState) is kept.
@@ -228,16 +223,40 @@ def train(
         save_config(config, run_dir / "config.yaml")
     set_seed(config.train.seed)
 
+    data = _prepare_data(config, accelerator, run_dir, resume_from, train_samples, eval_samples)
+    loop = _Loop(config, accelerator, data, spec, hyperparams, run_dir)
+    if resume_from is not None:
+        loop.resume(resume_from)
+    return loop.run()
+
+
+@dataclass
+class _Data:
+    calibration: Calibration
+    train_pairs: list[TokenizedPair]
+    eval_pairs: list[TokenizedPair]
+    collate: PreferenceCollator
+
+
+def _prepare_data(
+    config: Config,
+    accelerator: Any,
+    run_dir: Path,
+    resume_from: Path | None,
+    train_samples: list[PreferenceSample],
+    eval_samples: list[PreferenceSample] | None,
+) -> _Data:
+    """Calibrated scores (fitted, or the checkpoint's on resume), tokenized pairs, collator."""
+    main = accelerator.is_main_process
     calibration = _calibrate(config, train_samples, resume_from)
     train_samples = calibration.apply_all(train_samples)
     eval_samples = calibration.apply_all(eval_samples or [])
-    if accelerator.is_main_process:
+    if main:
         calibration.save(run_dir / "calibration.json")
 
     processing, is_vlm = load_processing(config)
     settings = TransformSettings(config.data.max_length, config.data.max_prompt_length)
     transform = PairTransform(processing, settings, is_vlm=is_vlm)
-    main = accelerator.is_main_process
     train_pairs = _tokenize_or_stop(train_samples, transform, config, run_dir, "train", main)
     eval_pairs = _tokenize_or_stop(eval_samples, transform, config, run_dir, "eval", main)
     if config.data.limit is not None:
@@ -250,109 +269,120 @@ def train(
         pad_id if pad_id is not None else transform.eos_token_id,
         restore=functools.partial(restore_images, transform=transform),
     )
+    return _Data(calibration, train_pairs, eval_pairs, collate)
 
-    model = load_model_for_training(config)
-    reference = prepare_reference(
-        config, spec, model, train_pairs + eval_pairs, collate, run_dir, accelerator
-    )
 
-    order = BatchOrder(
-        num_pairs=len(train_pairs),
-        batch_size=config.train.batch_size,
-        grad_accum=config.train.grad_accum,
-        num_processes=accelerator.num_processes,
-        process_index=accelerator.process_index,
-        seed=config.train.seed,
-        shuffle=config.data.shuffle,
-    )
-    steps_per_epoch = order.steps_per_epoch
-    total_steps = config.train.max_steps or max(1, math.ceil(config.train.epochs * steps_per_epoch))
-    optimizer = build_optimizer(config, model)
-    scheduler = build_scheduler(config, optimizer, total_steps)
-    if accelerator.state.deepspeed_plugin is not None:
-        # accelerate reads DeepSpeed's micro-batch size off a dataloader; mmdpo batches itself.
-        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if reference is not None and reference.mode == "adapter_off":
-        # Through accelerate's wrapper, not the module inside it: under FSDP the root unit's
-        # weights (embeddings, output layer) are gathered only by the wrapper's forward.
-        reference.policy = model
-    # FSDP / DeepSpeed ZeRO: weights gathered by every process, optimizer state per process.
-    sharding = sharding_for(accelerator, model)
+class _Loop:
+    """One run after its data is ready: model, reference, optimizer, the steps, checkpoints."""
 
-    start_step = 0
-    if resume_from is not None:
-        state = ckpt.load_checkpoint(
-            resume_from,
-            model=unwrap(model),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            process_index=accelerator.process_index,
-            sharding=sharding,
+    def __init__(
+        self,
+        config: Config,
+        accelerator: Any,
+        data: _Data,
+        spec: Any,
+        hyperparams: dict[str, Any],
+        run_dir: Path,
+    ):
+        self.config, self.accelerator, self.data, self.run_dir = config, accelerator, data, run_dir
+        self.spec, self.hyperparams = spec, hyperparams
+        self.average = (
+            spec.length_normalized
+            if config.loss.length_normalized is None
+            else bool(config.loss.length_normalized)
         )
-        start_step = int(state["step"])
-
-    writer = MetricsWriter(
-        run_dir,
-        trackers=tuple(config.train.trackers),
-        accelerator=accelerator,
-        resume_step=start_step if resume_from else None,
-        is_main_process=accelerator.is_main_process,
-    )
-    bar = ProgressBar(
-        total_steps,
-        initial=start_step,
-        disable=not (config.train.progress and accelerator.is_main_process),
-    )
-    device = accelerator.device
-    gather = gather_object if accelerator.num_processes > 1 else None
-    bad_in_a_row = skipped = 0
-    last_checkpoint: Path | None = resume_from
-    train_stats: dict[str, float] = {}
-    eval_stats: dict[str, float] = {}
-
-    def save(step: int) -> Path:
-        return ckpt.save_checkpoint(
-            run_dir,
-            step,
-            model=unwrap(model),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            train_state={"step": step, "skipped_steps": skipped},
-            config=config.to_dict(),
-            calibration=calibration.to_dict(),
-            keep_last=config.train.keep_last,
-            is_main_process=accelerator.is_main_process,
-            process_index=accelerator.process_index,
-            barrier=accelerator.wait_for_everyone,
-            sharding=sharding,
+        model = load_model_for_training(config)
+        pairs = data.train_pairs + data.eval_pairs
+        self.reference = prepare_reference(
+            config, spec, model, pairs, data.collate, run_dir, accelerator
         )
-
-    def run_eval(step: int) -> dict[str, float]:
-        stats = evaluate(
-            model,
-            eval_pairs,
-            collate,
-            spec,
-            hyperparams,
-            reference,
-            average=average,
-            calibration=calibration,
+        self.order = BatchOrder(
+            num_pairs=len(data.train_pairs),
             batch_size=config.train.batch_size,
-            device=device,
+            grad_accum=config.train.grad_accum,
+            num_processes=accelerator.num_processes,
+            process_index=accelerator.process_index,
+            seed=config.train.seed,
+            shuffle=config.data.shuffle,
         )
-        writer.log(stats, step)
-        return stats
+        steps = config.train.max_steps or math.ceil(
+            config.train.epochs * self.order.steps_per_epoch
+        )
+        self.total_steps = max(1, steps)
+        optimizer = build_optimizer(config, model)
+        self.scheduler = build_scheduler(config, optimizer, self.total_steps)
+        if accelerator.state.deepspeed_plugin is not None:
+            # accelerate reads DeepSpeed's micro-batch size off a dataloader; mmdpo batches itself.
+            ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+            ds_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if self.reference is not None and self.reference.mode == "adapter_off":
+            # Through accelerate's wrapper, not the module inside it: under FSDP the root unit's
+            # weights (embeddings, output layer) are gathered only by the wrapper's forward.
+            self.reference.policy = self.model
+        # FSDP / DeepSpeed ZeRO: weights gathered by every process, optimizer state per process.
+        self.sharding = sharding_for(accelerator, self.model)
+        self.start_step = self.skipped = 0
+        self.resumed = False
+        self.last_checkpoint: Path | None = None
 
-    model.train()
-    for step, epoch, step_in_epoch in order.steps(start_step, total_steps):
-        started = time.perf_counter()
+    def resume(self, checkpoint: Path) -> None:
+        state = ckpt.load_checkpoint(
+            checkpoint,
+            model=unwrap(self.model),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            process_index=self.accelerator.process_index,
+            sharding=self.sharding,
+        )
+        self.start_step = int(state["step"])
+        self.resumed = True
+        self.last_checkpoint = checkpoint
+
+    def save(self, step: int) -> Path:
+        self.last_checkpoint = ckpt.save_checkpoint(
+            self.run_dir,
+            step,
+            model=unwrap(self.model),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            train_state={"step": step, "skipped_steps": self.skipped},
+            config=self.config.to_dict(),
+            calibration=self.data.calibration.to_dict(),
+            keep_last=self.config.train.keep_last,
+            is_main_process=self.accelerator.is_main_process,
+            process_index=self.accelerator.process_index,
+            barrier=self.accelerator.wait_for_everyone,
+            sharding=self.sharding,
+        )
+        return self.last_checkpoint
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(
+            self.model,
+            self.data.eval_pairs,
+            self.data.collate,
+            self.spec,
+            self.hyperparams,
+            self.reference,
+            average=self.average,
+            calibration=self.data.calibration,
+            batch_size=self.config.train.batch_size,
+            device=self.accelerator.device,
+        )
+
+    def forward_backward(self, epoch: int, step_in_epoch: int) -> tuple[dict[str, float], int]:
+        """Every micro-batch of one step through the objective and backward (gradients are
+        synchronised on the last); returns the step's metrics and its token count."""
+        from accelerate.utils import gather_object
+
+        accelerator, model = self.accelerator, self.model
         accumulator = MetricsAccumulator()
         tokens = 0
-        micro_batches = order.step_batches(epoch, step_in_epoch)
+        micro_batches = self.order.step_batches(epoch, step_in_epoch)
         for micro_index, indices in enumerate(micro_batches):
-            batch = collate([train_pairs[i] for i in indices]).to(device)
+            batch = self.data.collate([self.data.train_pairs[i] for i in indices])
+            batch = batch.to(accelerator.device)
             tokens += int(batch.attention_mask.sum())
             sync = micro_index == len(micro_batches) - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
@@ -360,80 +390,116 @@ def train(
                     obj = compute_objective(
                         model,
                         batch,
-                        spec,
-                        hyperparams,
-                        reference,
-                        average=average,
-                        calibration=calibration,
+                        self.spec,
+                        self.hyperparams,
+                        self.reference,
+                        average=self.average,
+                        calibration=self.data.calibration,
                     )
                 accelerator.backward(obj.loss / len(micro_batches))
             accumulator.add(
                 obj.output.chosen_rewards,
                 obj.output.rejected_rewards,
                 obj.output.metrics,
-                obj.policy.chosen(average).detach(),
-                obj.policy.rejected(average).detach(),
+                obj.policy.chosen(self.average).detach(),
+                obj.policy.rejected(self.average).detach(),
                 batch.modality,
                 losses=obj.output.losses.detach(),
             )
+        gather = gather_object if accelerator.num_processes > 1 else None
+        return accumulator.compute(gather), tokens
 
-        train_stats = accumulator.compute(gather)
+    def update(self, loss: float) -> tuple[float | None, str | None]:
+        """Clip and take the optimizer step unless the loss or a gradient is not finite;
+        returns the gradient norm and the reason the step was skipped (None: taken)."""
+        max_norm = self.config.train.max_grad_norm
         grad_norm = None
-        if config.train.max_grad_norm > 0:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
-        elif not _all_finite(model):
+        if max_norm > 0:
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        elif not _all_finite(self.model):
             grad_norm = math.inf
-        reason = nonfinite_reason(train_stats.get("loss", math.nan), grad_norm)
+        reason = nonfinite_reason(loss, grad_norm)
         if reason is None:
-            optimizer.step()
-            bad_in_a_row = 0
+            self.optimizer.step()
         else:
-            skipped += 1
-            bad_in_a_row += 1
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+            self.skipped += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return grad_norm, reason
 
-        elapsed = max(time.perf_counter() - started, 1e-9)
-        done = step + 1
-        train_stats.update(
-            {
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": math.nan if grad_norm is None else float(grad_norm),
-                "epoch": epoch + (step_in_epoch + 1) / steps_per_epoch,
-                "perf/tokens_per_s": tokens * accelerator.num_processes / elapsed,
-                "perf/pairs_per_s": order.pairs_per_step / elapsed,
-                "memory/peak_bytes": float(peak_memory_bytes()),
-            }
+    def run(self) -> RunResult:
+        config, accelerator, total_steps = self.config, self.accelerator, self.total_steps
+        has_eval, eval_every = bool(self.data.eval_pairs), config.train.eval_every
+        writer = MetricsWriter(
+            self.run_dir,
+            trackers=tuple(config.train.trackers),
+            accelerator=accelerator,
+            resume_step=self.start_step if self.resumed else None,
+            is_main_process=accelerator.is_main_process,
         )
-        if reason is not None:
-            writer.log_skipped(done, reason, **train_stats)
-            bar.write(f"step {done}: skipped ({reason})")
-        elif done % config.train.log_every == 0 or done == total_steps:
-            writer.log(train_stats, done)
-        bar.update(train_stats)
-        if reason is not None and bad_in_a_row >= config.train.max_bad_steps:
-            writer.close()
-            bar.close()
-            where = (
-                f"the last good checkpoint is {last_checkpoint}"
-                if last_checkpoint
-                else "no checkpoint was written yet"
+        bar = ProgressBar(
+            total_steps,
+            initial=self.start_step,
+            disable=not (config.train.progress and accelerator.is_main_process),
+        )
+        bad_in_a_row = 0
+        train_stats: dict[str, float] = {}
+        eval_stats: dict[str, float] = {}
+        self.model.train()
+        for step, epoch, step_in_epoch in self.order.steps(self.start_step, total_steps):
+            started = time.perf_counter()
+            train_stats, tokens = self.forward_backward(epoch, step_in_epoch)
+            grad_norm, reason = self.update(train_stats.get("loss", math.nan))
+            bad_in_a_row = 0 if reason is None else bad_in_a_row + 1
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            done = step + 1
+            train_stats.update(
+                {
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "grad_norm": math.nan if grad_norm is None else float(grad_norm),
+                    "epoch": epoch + (step_in_epoch + 1) / self.order.steps_per_epoch,
+                    "perf/tokens_per_s": tokens * accelerator.num_processes / elapsed,
+                    "perf/pairs_per_s": self.order.pairs_per_step / elapsed,
+                    "memory/peak_bytes": float(peak_memory_bytes()),
+                }
             )
-            raise TrainingError(
-                f"step {done}: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
-                f"({reason}); stopping ({where}). Lower train.learning_rate or check the data."
-            )
-        if eval_pairs and config.train.eval_every and done % config.train.eval_every == 0:
-            eval_stats = run_eval(done)
-        if config.train.save_every and done % config.train.save_every == 0 and done < total_steps:
-            last_checkpoint = save(done)
+            if reason is not None:
+                writer.log_skipped(done, reason, **train_stats)
+                bar.write(f"step {done}: skipped ({reason})")
+            elif done % config.train.log_every == 0 or done == total_steps:
+                writer.log(train_stats, done)
+            bar.update(train_stats)
+            if reason is not None and bad_in_a_row >= config.train.max_bad_steps:
+                writer.close()
+                bar.close()
+                raise self._too_many_bad_steps(done, bad_in_a_row, reason)
+            if has_eval and eval_every and done % eval_every == 0:
+                eval_stats = self.evaluate()
+                writer.log(eval_stats, done)
+            if config.train.save_every and done % config.train.save_every == 0:
+                if done < total_steps:
+                    self.save(done)
 
-    if eval_pairs and not (config.train.eval_every and total_steps % config.train.eval_every == 0):
-        eval_stats = run_eval(total_steps)
-    last_checkpoint = save(total_steps)
-    writer.close()
-    bar.close()
-    if accelerator.is_main_process and config.train.plots:
-        plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
-    accelerator.wait_for_everyone()
-    return RunResult(run_dir, total_steps, last_checkpoint, train_stats, eval_stats, skipped)
+        if has_eval and not (eval_every and total_steps % eval_every == 0):
+            eval_stats = self.evaluate()
+            writer.log(eval_stats, total_steps)
+        self.save(total_steps)
+        writer.close()
+        bar.close()
+        if accelerator.is_main_process and config.train.plots:
+            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "plots")
+        accelerator.wait_for_everyone()
+        return RunResult(
+            self.run_dir, total_steps, self.last_checkpoint, train_stats, eval_stats, self.skipped
+        )
+
+    def _too_many_bad_steps(self, done: int, count: int, reason: str) -> TrainingError:
+        where = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint
+            else "no checkpoint was written yet"
+        )
+        return TrainingError(
+            f"step {done}: {count} steps in a row had a non-finite loss or gradient "
+            f"({reason}); stopping ({where}). Lower train.learning_rate or check the data."
+        )
