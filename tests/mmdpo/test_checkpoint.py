@@ -304,31 +304,41 @@ def test_saving_a_step_again_replaces_it(tmp_path):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000003"]
 
 
-def test_two_processes_coordinate_through_the_barrier(tmp_path):
-    """Two ranks as threads: the main one writes the model, each rank its own RNG file."""
+def run_as_two_ranks(rank) -> None:
+    """Call ``rank(index, barrier_wait)`` for ranks 0 and 1 in two threads; re-raise errors."""
     barrier = threading.Barrier(2, timeout=60)
-    model = small_model()
-    results, errors = {}, []
+    errors = []
 
-    def rank(index: int) -> None:
+    def run(index: int) -> None:
         try:
-            results[index] = save_checkpoint(
-                tmp_path,
-                7,
-                model=model,
-                is_main_process=index == 0,
-                process_index=index,
-                barrier=barrier.wait,
-            )
+            rank(index, barrier.wait)
         except BaseException as error:  # surfaced below
             errors.append(error)
 
-    threads = [threading.Thread(target=rank, args=(index,)) for index in (0, 1)]
+    threads = [threading.Thread(target=run, args=(index,)) for index in (0, 1)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_two_processes_coordinate_through_the_barrier(tmp_path):
+    """Two ranks as threads: the main one writes the model, each rank its own RNG file."""
+    model = small_model()
+    results = {}
+
+    def rank(index: int, wait) -> None:
+        results[index] = save_checkpoint(
+            tmp_path,
+            7,
+            model=model,
+            is_main_process=index == 0,
+            process_index=index,
+            barrier=wait,
+        )
+
+    run_as_two_ranks(rank)
     path = checkpoint_dir(tmp_path, 7)
     assert results == {0: path, 1: path}
     assert (path / "rng_state_0.pt").is_file() and (path / "rng_state_1.pt").is_file()

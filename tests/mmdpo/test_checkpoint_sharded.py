@@ -7,7 +7,6 @@ sharding, and a resume with another layout is refused. Two ranks run as threads,
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from mmdpo.checkpoint import (
     save_checkpoint,
 )
 from mmdpo.sharding import Sharding, trainable_names
-from tests.mmdpo.test_checkpoint import tiny_base
+from tests.mmdpo.test_checkpoint import run_as_two_ranks, tiny_base
 
 
 def peft_model(modules_to_save=None) -> PeftModel:
@@ -59,31 +58,21 @@ def sharding(rank: int, world_size: int, weights, loaded=None, kind="fsdp1") -> 
 
 def save_as_two_ranks(tmp_path, model, weights, kind="fsdp1"):
     """Each rank with its own optimizer (lr 0.1 and 0.2), the barrier between them."""
-    barrier = threading.Barrier(2, timeout=60)
-    errors = []
 
-    def rank(index: int) -> None:
-        try:
-            save_checkpoint(
-                tmp_path,
-                3,
-                model=model,
-                optimizer=optimizer_for(model, lr=0.1 * (index + 1)),
-                train_state={"step": 3},
-                is_main_process=index == 0,
-                process_index=index,
-                barrier=barrier.wait,
-                sharding=sharding(index, 2, weights, kind=kind),
-            )
-        except BaseException as error:  # surfaced below
-            errors.append(error)
+    def rank(index: int, wait) -> None:
+        save_checkpoint(
+            tmp_path,
+            3,
+            model=model,
+            optimizer=optimizer_for(model, lr=0.1 * (index + 1)),
+            train_state={"step": 3},
+            is_main_process=index == 0,
+            process_index=index,
+            barrier=wait,
+            sharding=sharding(index, 2, weights, kind=kind),
+        )
 
-    threads = [threading.Thread(target=rank, args=(index,)) for index in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    run_as_two_ranks(rank)
     return tmp_path / "checkpoints" / "step-000003"
 
 
