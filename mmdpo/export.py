@@ -23,7 +23,9 @@ from typing import Any
 
 from mmdpo import checkpoint as ckpt
 from mmdpo.config import DTYPES, Config, ConfigError, load_config
-from mmdpo.metrics import read_metrics
+from mmdpo.metrics_log import (
+    read_metrics,
+)
 
 ADAPTER_FILES = ("adapter_config.json", ckpt.ADAPTER_WEIGHTS)
 

@@ -1,4 +1,4 @@
-"""Step metrics: what a batch of pairs says, where it is written, and the plots at the end.
+"""Step metrics: what a batch of pairs says (``mmdpo.metrics_log`` writes and plots them).
 
 Keys written per optimizer step (means over the step's pairs unless said otherwise)::
 
@@ -23,30 +23,22 @@ keys, among them ``eval/spearman_score_reward`` (``score_reward_spearman``).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 try:  # not on Windows
     import resource
 except ImportError:  # pragma: no cover
     resource = None
 
-METRICS_FILE = "metrics.jsonl"
 WEIGHT_NAMES = ("w_qual", "w_perf")
 NLL_GATE = "nll_gate"
-# Tracker names: "jsonl" is ours, the rest are accelerate's (Accelerator(log_with=...)).
-TRACKERS = ("jsonl", "tensorboard", "wandb")
 
 Tensor = torch.Tensor
 
@@ -347,258 +339,3 @@ def nonfinite_reason(loss: Tensor | float, grad_norm: Tensor | float | None = No
         if not math.isfinite(number):
             return f"{name} is {number}"
     return None
-
-
-# --- sinks ----------------------------------------------------------------------------------
-
-
-def available_trackers(requested: Iterable[str]) -> list[str]:
-    """The accelerate trackers among ``requested`` that are installed (for ``log_with``).
-
-    ``jsonl`` is always written by ``MetricsWriter`` and is not an accelerate tracker; a
-    requested tracker that is not installed is dropped with a warning.
-    """
-    from accelerate.utils import is_tensorboard_available, is_wandb_available
-
-    installed = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
-    chosen = []
-    for name in requested:
-        if name not in TRACKERS:
-            raise ValueError(f"unknown tracker {name!r}; valid: {', '.join(TRACKERS)}")
-        if name == "jsonl":
-            continue
-        if installed[name]():
-            chosen.append(name)
-        else:
-            warnings.warn(f"tracker {name!r} is not installed; not logging to it", stacklevel=2)
-    return chosen
-
-
-class MetricsWriter:
-    """Appends one JSON line per step to ``run_dir/metrics.jsonl`` and forwards to trackers.
-
-    Each line is ``{"step": n, key: value, ...}``, flushed as it is written; NaN and infinite
-    values are written as ``null`` (strict JSON). On resume pass ``resume_step``: lines with a
-    larger step (written after the checkpoint, before the interruption) and a torn last line
-    are removed, so the file reads as one uninterrupted run. Without ``resume_step`` an
-    existing file is started anew. Only the main process writes; tensorboard and wandb go
-    through ``accelerator.log`` (set up with ``log_with`` and ``init_trackers``).
-    """
-
-    def __init__(
-        self,
-        run_dir: str | Path,
-        trackers: Sequence[str] = ("jsonl",),
-        accelerator: Any | None = None,
-        *,
-        resume_step: int | None = None,
-        is_main_process: bool = True,
-    ) -> None:
-        unknown = [name for name in trackers if name not in TRACKERS]
-        if unknown:
-            raise ValueError(f"unknown trackers {unknown}; valid: {', '.join(TRACKERS)}")
-        self.path = Path(run_dir) / METRICS_FILE
-        self._accelerator = accelerator if set(trackers) - {"jsonl"} else None
-        self._file = None
-        if is_main_process and "jsonl" in trackers:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if resume_step is None:
-                self.path.write_text("")
-            else:
-                truncate_after(self.path, resume_step)
-            self._file = open(self.path, "a", encoding="utf-8")
-
-    def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Write the metrics of ``step`` (numbers, tensors of one element, or strings)."""
-        record = {"step": step, **{key: _plain(value) for key, value in metrics.items()}}
-        if self._file is not None:
-            self._file.write(json.dumps(record, allow_nan=False) + "\n")
-            self._file.flush()
-        if self._accelerator is not None:
-            numbers = {k: v for k, v in record.items() if k != "step" and v is not None}
-            self._accelerator.log(numbers, step=step)
-
-    def log_skipped(self, step: int, reason: str, **values: Any) -> None:
-        """Record a step skipped for a non-finite loss or gradient."""
-        self.log({"skipped": reason, **values}, step)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __enter__(self) -> MetricsWriter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl, skipping a torn or unreadable line."""
-    records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def truncate_after(path: str | Path, step: int) -> None:
-    """Keep only the records of steps up to ``step`` (atomic rewrite); no-op without a file."""
-    path = Path(path)
-    if not path.exists():
-        return
-    kept = [
-        r for r in read_metrics(path) if not isinstance(r.get("step"), int) or r["step"] <= step
-    ]
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().item()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-class ProgressBar:
-    """A tqdm bar over optimizer steps with ETA and loss, margin, accuracy and pairs/s."""
-
-    POSTFIX = {
-        "loss": "loss",
-        "margin": "rewards/margins",
-        "acc": "rewards/accuracies",
-        "pairs/s": "perf/pairs_per_s",
-    }
-
-    def __init__(
-        self,
-        total: int,
-        *,
-        initial: int = 0,
-        disable: bool = False,
-        desc: str = "train",
-        file: Any | None = None,
-    ) -> None:
-        """``initial``: steps already done (on resume); ``disable`` on non-main processes."""
-        self._bar = tqdm(
-            total=total,
-            initial=initial,
-            disable=disable,
-            desc=desc,
-            unit="step",
-            dynamic_ncols=True,
-            file=file,
-        )
-
-    def update(self, metrics: Mapping[str, Any] | None = None, steps: int = 1) -> None:
-        if metrics:
-            shown = {
-                label: f"{float(metrics[key]):.4g}"
-                for label, key in self.POSTFIX.items()
-                if metrics.get(key) is not None
-            }
-            self._bar.set_postfix(shown, refresh=False)
-        self._bar.update(steps)
-
-    def write(self, message: str) -> None:
-        """Print a line without breaking the bar."""
-        if not self._bar.disable:
-            self._bar.write(message)
-
-    def close(self) -> None:
-        self._bar.close()
-
-    def __enter__(self) -> ProgressBar:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-# --- plots ----------------------------------------------------------------------------------
-
-
-def plot_metrics(metrics_jsonl: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write PNG plots of the logged curves into ``out_dir``; return the files written.
-
-    loss.png, rewards.png (margins per modality too), weights.png (Uni-DPO weights, ESS,
-    c-NLL share), optim.png (lr, grad norm) and eval.png, each only when its keys were logged.
-    Uses matplotlib's Agg canvas directly, never pyplot, so no display or global state.
-    """
-    series = _series(read_metrics(metrics_jsonl))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    margins = sorted(k for k in series if k.startswith("rewards/margins/"))
-    panels = {
-        "loss": [["loss", "eval/loss"]],
-        "rewards": [
-            ["rewards/chosen", "rewards/rejected", "rewards/margins", *margins],
-            ["rewards/accuracies", "eval/rewards/accuracies"],
-        ],
-        "weights": [
-            ["weights/w_qual_mean", "weights/w_qual_min", "weights/w_qual_max"],
-            ["weights/w_perf_mean", "weights/w_perf_min", "weights/w_perf_max"],
-            ["weights/ess_ratio", "weights/nll_active"],
-        ],
-        "optim": [["lr"], ["grad_norm"]],
-        "eval": [
-            sorted(k for k in series if k.startswith("eval/rewards/accuracies")),
-            sorted(k for k in series if k.startswith("eval/rewards/margins")),
-            ["eval/spearman_score_reward"],
-        ],
-    }
-    written = []
-    for name, groups in panels.items():
-        groups = [[key for key in group if key in series] for group in groups]
-        groups = [group for group in groups if group]
-        if groups:
-            written.append(_plot_panels(series, groups, out_dir / f"{name}.png"))
-    return written
-
-
-def _series(records: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
-    series: dict[str, tuple[list[int], list[float]]] = {}
-    for record in records:
-        step = record.get("step")
-        if not isinstance(step, int) or "skipped" in record:
-            continue
-        for key, value in record.items():
-            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
-                steps, values = series.setdefault(key, ([], []))
-                steps.append(step)
-                values.append(float(value))
-    return series
-
-
-def _plot_panels(series: dict, groups: list[list[str]], path: Path) -> Path:
-    from matplotlib.figure import Figure
-
-    columns = min(len(groups), 3)
-    rows = math.ceil(len(groups) / columns)
-    # No layout engine: constrained layout costs seconds per figure on a busy CPU.
-    figure = Figure(figsize=(5 * columns, 3.5 * rows))
-    figure.subplots_adjust(left=0.08, right=0.97, bottom=0.12, top=0.95, wspace=0.3, hspace=0.4)
-    axes = figure.subplots(rows, columns, squeeze=False).reshape(-1)
-    for axis, group in zip(axes, groups, strict=False):
-        for key in group:
-            steps, values = series[key]
-            style = "--" if key.endswith(("_min", "_max")) or key.count("/") > 1 else "-"
-            marker = "o" if len(steps) < 20 else None
-            axis.plot(steps, values, style, marker=marker, label=key, linewidth=1.2)
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize="small")
-    for axis in axes[len(groups) :]:
-        axis.set_visible(False)
-    figure.savefig(path, dpi=100)
-    return path

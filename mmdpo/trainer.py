@@ -33,12 +33,14 @@ from mmdpo.data.transform import PairTransform, TransformSettings
 from mmdpo.losses import get_loss
 from mmdpo.metrics import (
     MetricsAccumulator,
-    MetricsWriter,
-    ProgressBar,
     nonfinite_reason,
     peak_memory_bytes,
-    plot_metrics,
     spearman,
+)
+from mmdpo.metrics_log import (
+    MetricsWriter,
+    ProgressBar,
+    plot_metrics,
 )
 from mmdpo.objective import ReferenceModel, compute_objective, unwrap
 from mmdpo.setup import (

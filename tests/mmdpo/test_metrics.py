@@ -13,19 +13,21 @@ from scipy.stats import spearmanr
 
 from mmdpo.metrics import (
     MetricsAccumulator,
-    MetricsWriter,
-    ProgressBar,
     Throughput,
-    available_trackers,
     average_ranks,
     effective_sample_size,
     nonfinite_reason,
     peak_memory_bytes,
-    plot_metrics,
-    read_metrics,
     score_reward_spearman,
     spearman,
     summarize_pairs,
+)
+from mmdpo.metrics_log import (
+    MetricsWriter,
+    ProgressBar,
+    available_trackers,
+    plot_metrics,
+    read_metrics,
 )
 
 
