@@ -257,6 +257,12 @@ def _prepare_data(
         calibration.save(run_dir / "calibration.json")
 
     processing, is_vlm = load_processing(config)
+    if is_vlm and accelerator.distributed_type == "FSDP":  # accelerate's DistributedType.FSDP
+        raise ConfigError(
+            "image-text models do not run under FSDP yet: the engine encodes each pair's images "
+            "once, outside the wrapped forward, where FSDP's weights are sharded; use DDP or "
+            "DeepSpeed ZeRO-3 (mmdpo/configs/accelerate/ddp.yaml, deepspeed_zero3.yaml)"
+        )
     settings = TransformSettings(config.data.max_length, config.data.max_prompt_length)
     transform = PairTransform(processing, settings, is_vlm=is_vlm)
     train_pairs = _tokenize_or_stop(train_samples, transform, config, run_dir, "train", main)

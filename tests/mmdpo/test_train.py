@@ -279,3 +279,23 @@ def test_8bit_optimizers_train_and_resume_exactly(tiny_llama_dir, tmp_path, opti
     a, b = weights, adapter_weights(resumed.final_checkpoint)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_image_text_model_under_fsdp_is_refused_before_tokenizing(tiny_vlm_dir, tmp_path):
+    """The engine encodes images outside the wrapped forward, which FSDP cannot serve yet."""
+    from types import SimpleNamespace
+
+    from mmdpo.config import ConfigError
+    from mmdpo.trainer import _prepare_data
+
+    config = make_config(tiny_vlm_dir("qwen2_vl"), tmp_path / "run")
+    fsdp = SimpleNamespace(is_main_process=True, distributed_type="FSDP")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConfigError, match="do not run under FSDP yet.*DeepSpeed ZeRO-3"):
+        _prepare_data(config, fsdp, tmp_path / "run", None, arithmetic_pairs(2), [])
+    # The same data prepares under DDP ("MULTI_GPU"): only FSDP is refused.
+    ddp = SimpleNamespace(is_main_process=True, distributed_type="MULTI_GPU")
+    assert (
+        len(_prepare_data(config, ddp, tmp_path / "run", None, arithmetic_pairs(2), []).train_pairs)
+        == 2
+    )
