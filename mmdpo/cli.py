@@ -235,6 +235,12 @@ PLUGINS: dict[str, tuple[str, str, str, str]] = {
         "run_pairs",
         "sample K responses per prompt, score them, build pairs",
     ),
+    "smol": (
+        "tasks.smol_preset",
+        "add_arguments",
+        "run",
+        "align SmolLM2-135M on a CPU, offline: prompts, on-policy pairs, Uni-DPO, eval",
+    ),
 }
 
 
