@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,3 +56,16 @@ class Task:
     def recipes(self) -> list[Path]:
         """The shipped recipe files of this task (``tasks/recipes/NAME/*.yaml``)."""
         return sorted((RECIPES_DIR / self.name).glob("*.yaml"))
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with paths as strings and non-finite floats as None, for ``json.dumps``."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from mmdpo.config import Config, ConfigError, config_from_dict, load_config, parse_override
+from tasks.base import jsonable
 from tasks.demo_model import ModelSize
 
 MARKER = ".mmdpo-demo"
@@ -306,7 +307,7 @@ def run_demo(
         "train": {name: {"steps": r.steps, **r.train_metrics} for name, r in runs.items()},
         "timings_s": timings,
     }
-    (out_dir / "demo_results.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    (out_dir / "demo_results.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
     print(f"\nresults: {out_dir / 'demo_results.json'}; plots: {plot} and {out_dir}/train/*/plots")
     print(f"total time {total:.0f} s ({_timing_line(timings)})")
     return 0
@@ -499,15 +500,3 @@ def _timing_line(timings: dict[str, float]) -> str:
     return ", ".join(
         f"{name} {seconds:.0f} s" for name, seconds in timings.items() if name != "total"
     )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value

@@ -35,7 +35,7 @@ from typing import Any
 from eval.base import Benchmark, Prompt, user_prompt
 from eval.math500 import MathJsonl
 from mmdpo.config import ConfigError, parse_override
-from tasks.base import RECIPES_DIR
+from tasks.base import RECIPES_DIR, jsonable
 from tasks.smol_data import MATH_INSTRUCTION, instruction_prompts, word_problems
 
 MARKER = ".mmdpo-smol"
@@ -153,17 +153,13 @@ def run(args: argparse.Namespace) -> int:
     model_dir = Path(config.model.name_or_path)
     threads, started = torch.get_num_threads(), time.perf_counter()
     torch.set_num_threads(args.threads)
-    # SiLU of large negative inputs gives subnormal floats; on x86 CPUs they made SmolLM2's
-    # matmuls several times slower (docs/smol.md). Flushing them to zero changes nothing else.
-    torch.set_flush_denormal(True)
     try:
         summary = _run_stages(preset, args, out_dir, model_dir, config)
     finally:
         torch.set_num_threads(threads)
-        torch.set_flush_denormal(False)
     summary["timings_s"]["total"] = round(time.perf_counter() - started, 1)
     summary["load_average_end"] = _load_average()
-    (out_dir / "smol_results.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    (out_dir / "smol_results.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
     print()
     print(format_table(preset, summary["before"], summary["after"]))
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings_s"].items())
@@ -404,15 +400,3 @@ def _load_average() -> list[float] | None:
         return [round(value, 2) for value in os.getloadavg()]
     except OSError:  # not on every platform
         return None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
