@@ -234,16 +234,12 @@ def _run_stages(
 
     print(f"[4/6] pairs: {args.k} samples per train prompt")
     counts = build_pairs(preset, train_file, out_dir / "pairs.jsonl", model_dir, args)
-    if not counts["pairs"]:
-        raise ValueError(
-            f"no preference pair formed from {counts['responses']} responses (see "
-            f"{out_dir / 'pairs.jsonl.report.json'}); raise --n-prompts, --k or --temperature"
-        )
     needed = config.train.batch_size * config.train.grad_accum
     if counts["pairs"] < needed:
         raise ValueError(
-            f"{counts['pairs']} preference pair(s) formed, fewer than one optimizer step needs "
-            f"({needed} = train.batch_size x train.grad_accum); raise --n-prompts or --k"
+            f"{counts['pairs']} preference pair(s) from {counts['responses']} responses, fewer "
+            f"than one optimizer step needs ({needed} = train.batch_size x train.grad_accum; "
+            f"see {out_dir / 'pairs.jsonl.report.json'}); raise --n-prompts, --k or --temperature"
         )
     stage("pairs")
 

@@ -101,7 +101,7 @@ def test_too_few_pairs_stop_before_training_with_advice(tmp_path, tiny_llama_dir
     words = ["smol", "math", "--out", str(out), "--model", str(tiny_llama_dir)]
     assert main([*words, "--n-prompts", "3", "--k", "2", *TINY]) == 2
     error = capsys.readouterr().err
-    assert "no preference pair formed" in error and "--n-prompts" in error
+    assert "0 preference pair(s) from 6 responses" in error and "--n-prompts" in error
     assert not (out / "train").exists()
 
 
