@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -9,6 +11,26 @@ if TYPE_CHECKING:
     from mmdpo.trainer import RunResult
 
 __version__ = "0.1.0"
+
+
+def _quiet_library_noise() -> None:
+    """Silence two messages that every normal run would print, often in front of an error.
+
+    - bitsandbytes (CPUs with AVX512-BF16) logs "pip install kernels" at import: an optional
+      inference kernel that training never uses (the engine keeps 4-bit layers out of that
+      path, see ``mmdpo.models.quantization.keep_4bit_trainable``).
+    - transformers 5 warns that ``is_gradient_checkpointing`` is deprecated whenever peft
+      reads it; nothing a user can act on.
+    """
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: "kernels-community" not in record.getMessage()
+    )
+    warnings.filterwarnings(
+        "ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning
+    )
+
+
+_quiet_library_noise()
 
 
 def train(

@@ -42,6 +42,7 @@ from mmdpo.metrics_log import (
     ProgressBar,
     plot_metrics,
 )
+from mmdpo.models.quantization import assert_4bit_trainable
 from mmdpo.objective import ReferenceModel, compute_objective, unwrap
 from mmdpo.setup import (
     build_optimizer,
@@ -304,6 +305,7 @@ class _Loop:
         self.reference = prepare_reference(
             config, spec, model, pairs, data.collate, run_dir, accelerator
         )
+        assert_4bit_trainable(model)  # the precompute pass ran it in eval mode without grad
         self.order = BatchOrder(
             num_pairs=len(data.train_pairs),
             batch_size=config.train.batch_size,
@@ -366,7 +368,7 @@ class _Loop:
         return self.last_checkpoint
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(
+        stats = evaluate(
             self.model,
             self.data.eval_pairs,
             self.data.collate,
@@ -378,6 +380,8 @@ class _Loop:
             batch_size=self.config.train.batch_size,
             device=self.accelerator.device,
         )
+        assert_4bit_trainable(self.model)
+        return stats
 
     def forward_backward(self, epoch: int, step_in_epoch: int) -> tuple[dict[str, float], int]:
         """Every micro-batch of one step through the objective and backward (gradients are

@@ -61,6 +61,29 @@ def tiny_vlm_dir(tmp_path_factory, session_tokenizer) -> Callable[[str], Path]:
     return get
 
 
+@pytest.fixture(scope="session")
+def sharp_model_dir(tmp_path_factory, session_tokenizer) -> Callable[[str], Path]:
+    """`sharp_model_dir(family) -> Path`: a saved tiny model with sharp attention.
+
+    Families: "llama", "qwen2" and the VLM families. Query and key projections are scaled
+    (`mmdpo.tiny.sharpen_attention`) so that a one-token position or mask error changes
+    log-probs far above fp32 noise; use these for numerical parity tests.
+    """
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            directory = tmp_path_factory.mktemp(f"sharp-{family}")
+            if family in ("llama", "qwen2"):
+                save_tiny_causal_lm(directory, family, session_tokenizer, sharp=True)
+            else:
+                save_tiny_vlm(directory, family, session_tokenizer, sharp=True)
+            built[family] = directory
+        return built[family]
+
+    return get
+
+
 # --- plain helpers for engine tests -------------------------------------------------------
 
 

@@ -19,7 +19,12 @@ from transformers import (
     PreTrainedModel,
 )
 
-from mmdpo.models.quantization import make_quantization_config, resolve_dtype
+from mmdpo.models.quantization import (
+    allow_cpu_inference_layout,
+    keep_4bit_trainable,
+    make_quantization_config,
+    resolve_dtype,
+)
 
 KINDS = ("auto", "causal_lm", "vlm")
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -186,6 +191,7 @@ def load_policy(
     attn_implementation: str | None = None,
     prepare_for_training: bool = True,
     gradient_checkpointing: bool = False,
+    cpu_inference_layout: bool = False,
 ) -> tuple[PreTrainedModel, Any, ModelInfo]:
     """Load a model and its tokenizer (text) or processor (VLM).
 
@@ -205,6 +211,11 @@ def load_policy(
             ``prepare_model_for_kbit_training`` (freezes the base, upcasts the layers that
             are not quantized to fp32). Set False for a frozen reference or evaluation.
         gradient_checkpointing: enable non-reentrant activation checkpointing.
+        cpu_inference_layout: for a 4-bit model in an inference-only process, let
+            bitsandbytes repack weights into its faster bfloat16 CPU layout where the shape
+            fits. Off by default: every 4-bit layer then keeps the exact layout that has a
+            backward (see :func:`mmdpo.models.quantization.keep_4bit_trainable`), on every
+            CPU. Refused together with ``prepare_for_training``.
 
     Returns:
         ``(model, tokenizer or processor, ModelInfo)``. A tokenizer without a pad token gets
@@ -212,6 +223,8 @@ def load_policy(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
+    if cpu_inference_layout and prepare_for_training:
+        raise ValueError("cpu_inference_layout is for inference only (prepare_for_training=False)")
     require_safetensors(model_name_or_path)
     torch_dtype = resolve_dtype(dtype)
     if isinstance(quantization, BitsAndBytesConfig):
@@ -262,6 +275,11 @@ def load_policy(
         tokenizer.pad_token = tokenizer.eos_token
     if mode == "8bit":
         _quiet_int8_cast_warning()
+    if mode == "4bit":
+        if cpu_inference_layout:
+            allow_cpu_inference_layout(model)
+        else:
+            keep_4bit_trainable(model)
     if bnb_config is not None and prepare_for_training:
         from peft import prepare_model_for_kbit_training
 

@@ -79,3 +79,103 @@ def make_quantization_config(
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=resolve_dtype(compute_dtype),
     )
+
+
+def _linear4bit_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every bitsandbytes ``Linear4bit`` in ``model`` (none when bitsandbytes is absent)."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return []
+    import bitsandbytes as bnb
+
+    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
+def _is_packed_for_cpu(module: torch.nn.Module) -> bool:
+    quant_state = getattr(module.weight, "quant_state", None)
+    return bool(getattr(quant_state, "packing_format_for_cpu", False))
+
+
+def _unpack_for_cpu(module: torch.nn.Module) -> None:
+    """Undo bitsandbytes' CPU inference repack, restoring the layout that has a backward."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    weight = module.weight
+    weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+        weight.data, weight.quant_state
+    )
+    module.quant_state = weight.quant_state
+
+
+def packed_layout_fits(module: torch.nn.Module, block_n: int = 32) -> bool:
+    """Whether bitsandbytes' CPU inference layout can hold this ``Linear4bit``'s weight.
+
+    The repack tiles the output dimension in blocks of ``block_n`` and stores one absmax per
+    quantization block of each input row; other shapes crash inside bitsandbytes
+    (``shape '[96, 0]' is invalid``) instead of falling back.
+    """
+    quant_state = module.weight.quant_state
+    if quant_state is None or len(quant_state.shape) != 2:
+        return False
+    out_features, in_features = quant_state.shape
+    return out_features % block_n == 0 and in_features % quant_state.blocksize == 0
+
+
+def keep_4bit_trainable(model: torch.nn.Module) -> int:
+    """Keep every 4-bit layer of ``model`` in the layout whose matmul has a backward.
+
+    bitsandbytes 0.49/0.50, on CPUs with AVX512-BF16, repacks a ``Linear4bit`` weight in
+    place into an inference-only layout the first time the module runs in eval mode on an
+    input without grad (a reference pass, a precompute pass, any eval). From then on its
+    matmul goes through ``gemv_4bit``, which has no autograd kernel: the base path silently
+    drops out of the gradient, ``result += bias`` fails when the output needs grad, and
+    shapes that are not multiples of its block crash. A module's
+    ``support_avx512bf16_for_cpu`` attribute gates the repack; this turns it off and undoes a
+    repack that already happened. On other CPUs and on GPUs it changes nothing.
+
+    Returns:
+        How many 4-bit layers were checked.
+    """
+    modules = _linear4bit_modules(model)
+    for module in modules:
+        if _is_packed_for_cpu(module):
+            _unpack_for_cpu(module)
+        module.support_avx512bf16_for_cpu = False
+    return len(modules)
+
+
+def allow_cpu_inference_layout(model: torch.nn.Module) -> int:
+    """Let bitsandbytes use its fast CPU layout, for an inference-only process.
+
+    Only where the layout fits the weight's shape (see :func:`packed_layout_fits`) and the
+    CPU has AVX512-BF16. The packed kernel computes in bfloat16, so outputs differ slightly
+    from the exact layout; never call this on a model that trains or shares weights with one.
+
+    Returns:
+        How many 4-bit layers may repack.
+    """
+    from bitsandbytes.functional import has_avx512bf16
+
+    if not has_avx512bf16():
+        return 0
+    allowed = 0
+    for module in _linear4bit_modules(model):
+        fits = packed_layout_fits(module)
+        module.support_avx512bf16_for_cpu = fits
+        allowed += fits
+    return allowed
+
+
+def assert_4bit_trainable(model: torch.nn.Module) -> None:
+    """Raise if a 4-bit layer is in (or may enter) the inference-only CPU layout.
+
+    The training loop calls this after passes that run the policy in eval mode without
+    grad, so that a future bitsandbytes (or a code path that forgot
+    :func:`keep_4bit_trainable`) cannot silently cut the base weights out of the gradient.
+    """
+    for module in _linear4bit_modules(model):
+        if _is_packed_for_cpu(module) or getattr(module, "support_avx512bf16_for_cpu", False):
+            raise RuntimeError(
+                "a 4-bit layer of the training model is in bitsandbytes' inference-only CPU "
+                "layout, which has no backward; call mmdpo.models.quantization."
+                "keep_4bit_trainable(model) after loading it"
+            )

@@ -45,6 +45,7 @@ from mmdpo.tiny.images import make_image, random_image
 from mmdpo.tiny.text import (
     CAUSAL_LM_FAMILIES,
     save_tiny_causal_lm,
+    sharpen_attention,
     tiny_causal_lm,
     tiny_causal_lm_config,
     tiny_reward_model,
@@ -68,6 +69,7 @@ __all__ = [
     "random_image",
     "save_tiny_causal_lm",
     "save_tiny_vlm",
+    "sharpen_attention",
     "tiny_causal_lm",
     "tiny_causal_lm_config",
     "tiny_reward_model",

@@ -47,6 +47,31 @@ def seeded_init(seed: int, build):
         return build()
 
 
+# Scaling q and k by 16 multiplies attention logits by 256: at the default init (std 0.02)
+# they are ~0.03 and attention is nearly uniform, so a one-token position or mask error
+# changes log-probs by less than fp32 noise; after it the logits' spread is several units.
+SHARP_ATTENTION_SCALE = 16.0
+
+
+def sharpen_attention(model: PreTrainedModel, scale: float = SHARP_ATTENTION_SCALE) -> int:
+    """Scale the language model's query and key projections by ``scale``, in place.
+
+    Numerical tests of masks and positions need attention that depends strongly on which
+    tokens are visible and where; vision towers are left as they are. Returns how many
+    projections were scaled.
+    """
+    scaled = 0
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not name.endswith(("q_proj", "k_proj")) or "vision" in name or "visual" in name:
+                continue
+            module.weight.mul_(scale)
+            if getattr(module, "bias", None) is not None:
+                module.bias.mul_(scale)
+            scaled += 1
+    return scaled
+
+
 def tiny_causal_lm_config(family: str = "llama", tokenizer=None, **overrides):
     """The config of a tiny causal LM of `family` ("llama" or "qwen2")."""
     if family not in CAUSAL_LM_FAMILIES:
@@ -56,24 +81,33 @@ def tiny_causal_lm_config(family: str = "llama", tokenizer=None, **overrides):
 
 
 def tiny_causal_lm(
-    family: str = "llama", tokenizer=None, seed: int = 0, **overrides
+    family: str = "llama", tokenizer=None, seed: int = 0, sharp: bool = False, **overrides
 ) -> PreTrainedModel:
     """A randomly initialised tiny `AutoModelForCausalLM` (hidden 64, 2 layers, 4 heads).
 
     `overrides` are config fields (e.g. `num_hidden_layers=1`, `attn_implementation="eager"`).
-    The vocabulary is `len(tokenizer)`; bos/eos/pad ids come from the tokenizer.
+    The vocabulary is `len(tokenizer)`; bos/eos/pad ids come from the tokenizer. `sharp`
+    applies :func:`sharpen_attention` (for numerical tests of masks and positions).
     """
     config = tiny_causal_lm_config(family, tokenizer, **overrides)
-    return seeded_init(seed, lambda: AutoModelForCausalLM.from_config(config))
+    model = seeded_init(seed, lambda: AutoModelForCausalLM.from_config(config))
+    if sharp:
+        sharpen_attention(model)
+    return model
 
 
 def save_tiny_causal_lm(
-    directory: str | os.PathLike, family: str = "llama", tokenizer=None, seed: int = 0, **overrides
+    directory: str | os.PathLike,
+    family: str = "llama",
+    tokenizer=None,
+    seed: int = 0,
+    sharp: bool = False,
+    **overrides,
 ) -> Path:
     """Write a tiny causal LM (safetensors) and its tokenizer so `from_pretrained(directory)`
     loads both with the Auto classes. Returns the directory."""
     tokenizer = tokenizer or build_tokenizer()
-    model = tiny_causal_lm(family, tokenizer, seed, **overrides)
+    model = tiny_causal_lm(family, tokenizer, seed, sharp=sharp, **overrides)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

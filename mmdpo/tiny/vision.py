@@ -25,7 +25,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from mmdpo.tiny.text import TEXT_SIZES, seeded_init, token_ids
+from mmdpo.tiny.text import TEXT_SIZES, seeded_init, sharpen_attention, token_ids
 from mmdpo.tiny.tokenizer import IMAGE_PLACEHOLDERS, build_tokenizer, chat_template
 
 VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "idefics3")
@@ -186,21 +186,28 @@ def tiny_vlm_config_and_processor(family: str, tokenizer=None):
     return _BUILDERS[family](tokenizer, template)
 
 
-def tiny_vlm(family: str, tokenizer=None, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
+def tiny_vlm(
+    family: str, tokenizer=None, seed: int = 0, sharp: bool = False
+) -> tuple[PreTrainedModel, ProcessorMixin]:
     """A randomly initialised tiny VLM of `family` and its real processor.
 
     Families: "qwen2_vl", "qwen2_5_vl", "llava" (LLaVA-1.5), "idefics3". The language model is
     the tiny text model (hidden 64, 2 layers); the vision tower has width 32 and 2 layers.
+    `sharp` applies :func:`mmdpo.tiny.text.sharpen_attention` to the language model.
     """
     config, processor = tiny_vlm_config_and_processor(family, tokenizer)
     model = seeded_init(seed, lambda: AutoModelForImageTextToText.from_config(config))
+    if sharp:
+        sharpen_attention(model)
     return model, processor
 
 
-def save_tiny_vlm(directory: str | os.PathLike, family: str, tokenizer=None, seed: int = 0) -> Path:
+def save_tiny_vlm(
+    directory: str | os.PathLike, family: str, tokenizer=None, seed: int = 0, sharp: bool = False
+) -> Path:
     """Write a tiny VLM and its processor so that `AutoModelForImageTextToText` and
     `AutoProcessor.from_pretrained(directory)` load them. Returns the directory."""
-    model, processor = tiny_vlm(family, tokenizer, seed)
+    model, processor = tiny_vlm(family, tokenizer, seed, sharp=sharp)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.save_pretrained(directory)
     processor.save_pretrained(directory)

@@ -223,7 +223,7 @@ def image_batch(processor):
 
 @pytest.mark.parametrize(
     ("family", "mode"),
-    [(family, "none") for family in VLM_FAMILIES] + [("qwen2_vl", "4bit"), ("llava", "4bit")],
+    [(family, mode) for family in VLM_FAMILIES for mode in ("none", "4bit")],
 )
 def test_vlm_loads_and_lora_targets_the_language_model(vlm_dirs, family, mode):
     model, processor, info = load_policy(vlm_dirs[family], quantization=mode)
