@@ -10,6 +10,7 @@
     mmdpo score IN OUT --scorer NAME
     mmdpo pairs PROMPTS OUT --model M --k 8
     mmdpo demo [--out DIR] [--compare dpo] [key=value ...]
+    mmdpo ablate --task demo|smol-text|smol-math|config [--config F] [--seeds N] [--out DIR]
 
 A user's mistake (bad config, bad data, a wrong combination) prints one clear message and
 exits with status 2, never a traceback; set MMDPO_DEBUG=1 to see the traceback anyway.
@@ -234,6 +235,12 @@ PLUGINS: dict[str, tuple[str, str, str, str]] = {
         "add_pairs_arguments",
         "run_pairs",
         "sample K responses per prompt, score them, build pairs",
+    ),
+    "ablate": (
+        "tasks.ablate",
+        "add_arguments",
+        "run",
+        "train loss variants (Uni-DPO ablations, DPO, SimPO) over seeds; mean, std, 95% CI",
     ),
     "smol": (
         "tasks.smol_preset",
