@@ -8,6 +8,7 @@ Typical use::
 """
 
 from data_adapters.fields import FieldError, RowContext
+from data_adapters.groups import adopt_training_sources
 from data_adapters.images import check_image, open_image, resolve_image
 from data_adapters.inspect import Inspection, format_inspection, inspect_samples, render_sample
 from data_adapters.loaders import DataError, RowError, read_rows
@@ -37,6 +38,7 @@ __all__ = [
     "RowError",
     "UnknownFormatError",
     "ValidationReport",
+    "adopt_training_sources",
     "check_image",
     "format_inspection",
     "format_problems",

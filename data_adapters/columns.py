@@ -25,6 +25,7 @@ COLUMN_KEYS = (
     "rejected_images",
     "score_chosen",
     "score_rejected",
+    "source",
 )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from data_adapters.images import ImageRefError, resolve_image
+from mmdpo.calibration import MAX_ABS_SCORE
 from mmdpo.types import Message
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -86,7 +87,8 @@ def text_of(value: Any, field: str) -> str:
 
 
 def parse_score(row: dict[str, Any], key: str, *, required: bool = False) -> float | None:
-    """A finite float from ``row[key]``; numeric strings are accepted, booleans are not."""
+    """A finite float from ``row[key]`` within +-``MAX_ABS_SCORE``; numeric strings are
+    accepted, booleans are not."""
     value = row.get(key)
     if value is None:
         if required:
@@ -111,6 +113,13 @@ def to_score(value: Any, field: str) -> float:
         raise FieldError(field, "score is NaN")
     if math.isinf(number):
         raise FieldError(field, f"score is infinite ({number})")
+    if abs(number) > MAX_ABS_SCORE:
+        raise FieldError(
+            field,
+            f"score too large in magnitude ({number:g}); scores must lie within "
+            f"+-{MAX_ABS_SCORE:g} so that calibration and the float32 loss stay finite: "
+            "rescale them",
+        )
     return number
 
 

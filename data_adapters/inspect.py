@@ -1,5 +1,6 @@
 """What ``mmdpo data inspect`` shows: counts per modality, score statistics per
-(modality, source) group, length percentiles and a few rendered examples.
+(modality, source) group (also as training prints them: pairs, mean, std, tau_good), length
+percentiles and a few rendered examples.
 
 Pure functions over samples return data; :func:`format_inspection` turns it into text.
 Token lengths need a model's template, so the CLI fills ``Inspection.token_lengths``.
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data_adapters.images import describe_image
+from mmdpo.calibration import CalibrationError, fit_calibration, format_groups
 from mmdpo.types import PreferenceSample
 
 PERCENTILES = (50, 90, 95, 99, 100)
@@ -59,6 +61,8 @@ class Inspection:
     char_lengths: dict[str, dict[int, float]]
     examples: list[str]
     token_lengths: dict[str, dict[int, float]] | None = field(default=None)
+    calibration_groups: str = ""
+    """The groups as training prints them before its first step (``format_groups``)."""
 
 
 def summarize(values: Sequence[float]) -> Summary | None:
@@ -168,7 +172,16 @@ def inspect_samples(
         examples=[
             render_sample(samples[i], max_chars) for i in example_indices(len(samples), n_examples)
         ],
+        calibration_groups=_calibration_groups(samples),
     )
+
+
+def _calibration_groups(samples: Sequence[PreferenceSample]) -> str:
+    """Training's view of the groups, on raw scores (the data carry no calibration method)."""
+    try:
+        return format_groups(fit_calibration(samples, "none"))
+    except CalibrationError as error:
+        return f"score groups: {error}"
 
 
 def format_inspection(inspection: Inspection) -> str:
@@ -189,6 +202,9 @@ def format_inspection(inspection: Inspection) -> str:
                 lines.append(f"    {name:<8} {_summary(summary)}")
         if group.inverted:
             lines.append(f"    warning: {group.inverted} pairs score chosen below rejected")
+    if inspection.calibration_groups:
+        lines.append("")
+        lines.append(inspection.calibration_groups)
     for title, table in (
         ("characters", inspection.char_lengths),
         ("tokens", inspection.token_lengths),

@@ -19,7 +19,7 @@ from typing import Any
 from data_adapters.columns import check_columns, rename_columns
 from data_adapters.fields import FieldError, RowContext
 from data_adapters.images import check_image, describe_image, image_exists
-from data_adapters.loaders import DataError, RowError, describe_source, read_rows
+from data_adapters.loaders import DataError, RowError, SourceInfo, describe_source, read_rows
 from data_adapters.registry import get_adapter
 from mmdpo.types import MODALITIES, PreferenceSample
 
@@ -65,10 +65,16 @@ class InvalidRow:
 
 @dataclass
 class LoadResult:
-    """The valid samples and the invalid rows (empty unless ``skip_invalid``)."""
+    """The valid samples and the invalid rows (empty unless ``skip_invalid``).
+
+    ``default_source`` is the source name samples got because neither ``source_name`` nor a
+    ``source`` field named one (the file stem, a Hub dataset's name, or the format for an
+    in-memory list); None when ``source_name`` was given.
+    """
 
     samples: list[PreferenceSample]
     invalid: list[InvalidRow] = field(default_factory=list)
+    default_source: str | None = None
 
     @property
     def problems(self) -> list[Problem]:
@@ -117,7 +123,9 @@ def load_samples(
         columns: field -> column mapping; required by ``format="columns"``, a renaming in
             front of any other adapter.
         modality: overrides the adapter's modality for every sample.
-        source_name: the samples' ``source`` (calibration groups by it); default: the format.
+        source_name: the samples' ``source`` (calibration groups by it). Default: a row's own
+            ``source`` field, else the file's stem (``judge`` for ``data/judge.jsonl.gz``), a Hub
+            dataset's name without owner and split, or the format for an in-memory list.
         skip_invalid: return bad rows in ``LoadResult.invalid`` instead of raising.
         check_images: ``none``; ``exists`` (a stat per path, the default: nothing is
             decoded); ``header`` (open and verify without decoding); ``full`` (decode).
@@ -147,7 +155,8 @@ def load_samples(
             + format_problems(problems, rows=len(invalid)),
             problems,
         )
-    return LoadResult(samples, invalid)
+    default = None if source_name else default_source(describe_source(source), format)
+    return LoadResult(samples, invalid, default)
 
 
 def validate(
@@ -212,7 +221,7 @@ def iter_checked(
     mapping = check_columns(columns) if columns else {}
     info = describe_source(source)
     anchor = Path(base_dir) if base_dir is not None else info.base_dir
-    name = source_name or format
+    name = source_name or default_source(info, format)
     seen: Counter[str] = Counter()
     count = 0
     for line, row in read_rows(source):
@@ -227,6 +236,8 @@ def iter_checked(
             sample_id = _row_id(renamed, info.stem, line)
             ctx = RowContext(info.label, line, sample_id, anchor, name)
             sample = adapter.convert(renamed, ctx)
+            if not source_name and renamed.get("source") is not None:
+                sample.source = _row_source(renamed["source"])
             issues = sample_issues(sample)
             if not issues:
                 issues = image_issues(sample, check_images)
@@ -315,6 +326,20 @@ def write_invalid_rows(invalid: Sequence[InvalidRow], path: str | Path) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for row in invalid:
             handle.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+
+
+def default_source(info: SourceInfo, format: str) -> str:
+    """The calibration group name of a source without ``source_name``: a file's stem, a Hub
+    dataset's name (``ultrafeedback_binarized`` for ``HuggingFaceH4/ultrafeedback_binarized:
+    train_prefs``, so its splits share one group), the format for an in-memory list."""
+    return format if info.kind == "memory" else info.stem
+
+
+def _row_source(value: Any) -> str:
+    """A row's own ``source`` field: a non-empty string (a number is taken as its text)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise FieldError("source", f"expected a non-empty source name, got {value!r}")
+    return str(value).strip()
 
 
 def _row_id(row: dict[str, Any], stem: str, line: int) -> str:

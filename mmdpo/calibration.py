@@ -22,6 +22,11 @@ Methods (every one is monotone non-decreasing within a group):
 computed at fit time (for ``rank`` the median of calibrated values is not the calibrated median).
 
 Missing scores (None or NaN) are skipped when fitting and left as they are when applying.
+A score beyond ``MAX_ABS_SCORE`` (1e30) in magnitude, an infinite one, or one that maps to a
+non-finite value raises :class:`CalibrationError` naming the sample (its file and line when
+its meta has them): the engine holds scores in float32 (largest 3.4e38), and differences,
+sums and squares of scores must stay finite there and in the statistics (the squares behind
+``zscore``'s std overflow float64 above ~1e154). Within the bound, no method can overflow.
 A group never seen in fitting raises ``KeyError`` by default (``on_unknown="error"``); with
 ``on_unknown="raw"`` its scores pass through unchanged. Method ``none`` never needs a group.
 """
@@ -42,14 +47,41 @@ import numpy as np
 from mmdpo.types import PreferenceSample
 
 METHODS: tuple[str, ...] = ("none", "zscore", "minmax", "rank")
+# float32 holds 3.4e38; 1e30 leaves room for the score differences, the batch sums of metrics
+# and eta * (S_w - S_l) of the loss, and for the sums and squares of the statistics in float64.
+MAX_ABS_SCORE = 1e30
 ON_UNKNOWN: tuple[str, ...] = ("error", "raw")
 FORMAT_VERSION = 1
 
 GroupKey = tuple[str, str]
 
 
+class CalibrationError(ValueError):
+    """A score calibration cannot handle: too large, infinite, or mapped to inf or NaN."""
+
+
 def _is_missing(score: float | None) -> bool:
     return score is None or math.isnan(float(score))
+
+
+def where(sample: PreferenceSample) -> str:
+    """``FILE:LINE`` from the sample's meta when the adapter recorded them, else its id."""
+    if "file" in sample.meta and "line" in sample.meta:
+        return f"{sample.meta['file']}:{sample.meta['line']}"
+    return f"sample {sample.id}"
+
+
+def check_score(score: float | None, sample: PreferenceSample, name: str) -> None:
+    """Refuse an infinite score or one beyond ``MAX_ABS_SCORE`` (missing scores pass)."""
+    if _is_missing(score):
+        return
+    value = float(score)
+    if not abs(value) <= MAX_ABS_SCORE:
+        raise CalibrationError(
+            f"{where(sample)}: {name}: score too large in magnitude ({value:g}); scores must "
+            f"lie within +-{MAX_ABS_SCORE:g} so that calibration and the float32 loss stay "
+            "finite: rescale them"
+        )
 
 
 @dataclass
@@ -59,6 +91,7 @@ class GroupStats:
     Attributes:
         n: number of scores pooled (chosen and rejected together).
         n_chosen: number of chosen scores.
+        pairs: number of pairs in the group, scored or not.
         mean, std: mean and population std (ddof=0) of the pooled scores.
         min, max: range of the pooled scores.
         median_chosen: median raw chosen score (NaN without chosen scores).
@@ -74,6 +107,7 @@ class GroupStats:
     max: float
     median_chosen: float
     tau_good: float = math.nan
+    pairs: int = 0
     sorted_scores: list[float] = field(default_factory=list)
 
 
@@ -121,11 +155,23 @@ class Calibration:
         return _map_score(float(score), stats, self.method, self.target_range)
 
     def apply(self, sample: PreferenceSample) -> PreferenceSample:
-        """A new sample with calibrated scores; the raw ones are kept in ``meta`` when changed."""
+        """A new sample with calibrated scores; the raw ones are kept in ``meta`` when changed.
+
+        Raises CalibrationError for a score beyond ``MAX_ABS_SCORE`` or one whose calibrated
+        value is not finite (new data far outside a ``minmax`` group's tiny range, say).
+        """
+        check_score(sample.score_chosen, sample, "score_chosen")
+        check_score(sample.score_rejected, sample, "score_rejected")
         if self.method == "none":
             return sample
         score_chosen = self.transform(sample.score_chosen, sample.modality, sample.source)
         score_rejected = self.transform(sample.score_rejected, sample.modality, sample.source)
+        for name, value in (("score_chosen", score_chosen), ("score_rejected", score_rejected)):
+            if value is not None and math.isinf(value):
+                raise CalibrationError(
+                    f"{where(sample)}: {name}: {getattr(sample, name):g} maps to {value} under "
+                    f"{self.method} calibration of group {sample.modality}/{sample.source}"
+                )
         meta = dict(sample.meta)
         meta.setdefault("raw_score_chosen", sample.score_chosen)
         meta.setdefault("raw_score_rejected", sample.score_rejected)
@@ -177,6 +223,7 @@ class Calibration:
         float_fields = ("mean", "std", "min", "max", "median_chosen", "tau_good")
         for entry in data.get("groups", []):
             values = {name: entry[name] for name in ("n", "n_chosen")}
+            values["pairs"] = int(entry.get("pairs", entry["n_chosen"]))
             for name in float_fields:
                 values[name] = math.nan if entry.get(name) is None else float(entry[name])
             values["sorted_scores"] = [float(v) for v in entry.get("sorted_scores", [])]
@@ -231,10 +278,14 @@ def fit_calibration(
     calibration = Calibration(method=method, target_range=target_range, on_unknown=on_unknown)
     pooled: dict[GroupKey, list[float]] = {}
     chosen: dict[GroupKey, list[float]] = {}
+    pairs: dict[GroupKey, int] = {}
     for sample in samples:
+        check_score(sample.score_chosen, sample, "score_chosen")
+        check_score(sample.score_rejected, sample, "score_rejected")
         key = (sample.modality, sample.source)
         pooled.setdefault(key, [])
         chosen.setdefault(key, [])
+        pairs[key] = pairs.get(key, 0) + 1
         if not _is_missing(sample.score_chosen):
             pooled[key].append(float(sample.score_chosen))
             chosen[key].append(float(sample.score_chosen))
@@ -254,6 +305,7 @@ def fit_calibration(
             max=float(values.max()) if has_scores else math.nan,
             median_chosen=float(np.median(chosen_values)) if chosen_values else math.nan,
             sorted_scores=sorted(scores) if method == "rank" else [],
+            pairs=pairs[key],
         )
         if chosen_values:
             calibrated = [
@@ -263,3 +315,26 @@ def fit_calibration(
             stats.tau_good = float(np.median(calibrated))
         calibration.groups[key] = stats
     return calibration
+
+
+def format_groups(calibration: Calibration) -> str:
+    """One line per (modality, source) group: pairs, raw mean and std, and tau_good.
+
+    What ``mmdpo train`` prints before the first step and ``mmdpo data inspect`` shows, so
+    that a user sees which data were pooled into one score scale.
+    """
+    method = calibration.method
+    scale = "the raw scores" if method == "none" else f"the {method} scale"
+    lines = [
+        f"score groups (calibration {method}): pairs, mean and std of the raw scores, "
+        f"tau_good = median chosen score on {scale}"
+    ]
+    for (modality, source), stats in sorted(calibration.groups.items()):
+        head = f"  {modality}/{source}: {stats.pairs} pairs"
+        if stats.n == 0:
+            lines.append(f"{head}, no scores")
+            continue
+        lines.append(
+            f"{head}, mean {stats.mean:.4g}, std {stats.std:.4g}, tau_good {stats.tau_good:.4g}"
+        )
+    return "\n".join(lines)

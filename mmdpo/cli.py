@@ -1,8 +1,8 @@
 """The ``mmdpo`` command: the one composition root of engine, data adapters, tasks and evals.
 
     mmdpo train [TASK] [--config FILE] [--resume] [key=value ...]
-    mmdpo data validate PATH --format NAME [--images full|header|exists|none]
-    mmdpo data inspect PATH --format NAME [--model M]
+    mmdpo data validate PATH [PATH ...] --format NAME [--images full|header|exists|none]
+    mmdpo data inspect PATH [PATH ...] --format NAME [--model M]
     mmdpo data formats
     mmdpo losses
     mmdpo eval BENCH[,BENCH] --model MODEL_OR_RUN [--adapter RUN] [--limit N] | --predictions F
@@ -70,10 +70,12 @@ def _entries(value: Any, config: Config) -> list[dict[str, Any]]:
 
 def load_run_data(config: Config, run_dir: Path) -> tuple[list[Any], list[Any]]:
     """Load and validate training and held-out samples; invalid rows go to the run folder."""
-    from data_adapters import load_samples, write_invalid_rows
+    from data_adapters import adopt_training_sources, load_samples, write_invalid_rows
     from mmdpo.data.pipeline import split_eval
 
-    def load(value: Any) -> list[Any]:
+    grouped = config.data.calibration != "none" or config.loss.kwargs.get("tau_good") == "auto"
+
+    def load(value: Any, train: list[Any] | None = None) -> list[Any]:
         samples, invalid = [], []
         for entry in _entries(value, config):
             result = load_samples(
@@ -84,6 +86,10 @@ def load_run_data(config: Config, run_dir: Path) -> tuple[list[Any], list[Any]]:
                 source_name=entry["source"],
                 skip_invalid=config.data.skip_invalid,
             )
+            if train is not None:  # held-out files join the training data's score groups
+                notes = adopt_training_sources(train, result, str(entry["path"]), grouped)
+                if notes and is_main_process():
+                    print("\n".join(notes))
             samples += result.samples
             invalid += result.invalid
         if invalid and is_main_process():
@@ -94,7 +100,7 @@ def load_run_data(config: Config, run_dir: Path) -> tuple[list[Any], list[Any]]:
 
     train = load(config.data.train)
     if config.data.eval is not None:
-        return train, load(config.data.eval)
+        return train, load(config.data.eval, train)
     return split_eval(train, config.data.eval_fraction, config.train.seed)
 
 
@@ -154,15 +160,21 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     columns = dict(pair.split("=", 1) for pair in args.columns) if args.columns else None
     if args.data_command == "validate":
-        report = validate(args.path, args.format, columns=columns, check_images=args.images)
-        print(format_report(report))
-        return 0 if report.ok else 1
-    result = load_samples(args.path, args.format, columns=columns, skip_invalid=True)
-    print(format_inspection(inspect_samples(result.samples)))
-    if result.invalid:
-        print(f"\n{len(result.invalid)} invalid row(s) left out; run `mmdpo data validate`")
+        reports = [
+            validate(path, args.format, columns=columns, check_images=args.images)
+            for path in args.path
+        ]
+        print("\n".join(format_report(report) for report in reports))
+        return 0 if all(report.ok for report in reports) else 1
+    # Several files are loaded as training loads data.train: each its own group by default.
+    results = [load_samples(p, args.format, columns=columns, skip_invalid=True) for p in args.path]
+    samples = [sample for result in results for sample in result.samples]
+    print(format_inspection(inspect_samples(samples)))
+    invalid = sum(len(result.invalid) for result in results)
+    if invalid:
+        print(f"\n{invalid} invalid row(s) left out; run `mmdpo data validate`")
     if args.model:
-        print("\n" + _token_lengths(result.samples, args.model))
+        print("\n" + _token_lengths(samples, args.model))
     return 0
 
 
@@ -290,7 +302,9 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     for name, text in (("validate", "check every row"), ("inspect", "counts, scores, examples")):
         p = data_sub.add_parser(name, help=text)
-        p.add_argument("path", help="JSON / JSONL / Parquet file (gzip too) or hub dataset name")
+        p.add_argument(
+            "path", nargs="+", help="JSON / JSONL / Parquet files (gzip too) or hub dataset names"
+        )
         p.add_argument("--format", required=True, help="adapter name (mmdpo data formats)")
         p.add_argument("--columns", nargs="*", help="field=column pairs for --format columns")
         if name == "validate":

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mmdpo import checkpoint as ckpt
-from mmdpo.calibration import Calibration, fit_calibration
+from mmdpo.calibration import Calibration, fit_calibration, format_groups
 from mmdpo.config import Config, ConfigError, save_config
 from mmdpo.data.collate import PreferenceCollator
 from mmdpo.data.pipeline import (
@@ -256,6 +256,7 @@ def _prepare_data(
     eval_samples = calibration.apply_all(eval_samples or [])
     if main:
         calibration.save(run_dir / "calibration.json")
+        print(format_groups(calibration))  # what was pooled into one score scale, and how
 
     processing, is_vlm = load_processing(config)
     if is_vlm and accelerator.distributed_type == "FSDP":  # accelerate's DistributedType.FSDP

@@ -37,7 +37,7 @@ def test_trl_standard_explicit(tmp_path):
     )
     assert sample.prompt == [{"role": "user", "content": "Sky colour?"}]
     assert (sample.chosen, sample.rejected) == ("Blue.", "Green.")
-    assert sample.modality == "text" and sample.source == "trl"
+    assert sample.modality == "text" and sample.source == "data"  # the file stem
     assert sample.id == "data:1"
     assert sample.score_chosen is None and sample.images == []
     assert sample.meta == {"file": str(tmp_path / "data.jsonl"), "line": 1}
@@ -137,7 +137,7 @@ def test_ultrafeedback_binarized_conversation_rows(tmp_path):
     assert sample.prompt == [{"role": "user", "content": "Name a prime."}]
     assert (sample.chosen, sample.rejected) == ("7", "9")
     assert (sample.score_chosen, sample.score_rejected) == (8.0, 3.5)
-    assert sample.modality == "text" and sample.source == "ultrafeedback"
+    assert sample.modality == "text" and sample.source == "data"
 
 
 def test_ultrafeedback_keeps_a_system_turn_from_the_conversation(tmp_path):
@@ -195,7 +195,7 @@ def test_unidpo_math_keeps_correctness_in_meta(tmp_path):
         "correct_rejected": False,
     }
     sample = load_one(tmp_path, row, "unidpo_math")
-    assert sample.modality == "math" and sample.source == "unidpo_math"
+    assert sample.modality == "math" and sample.source == "data"
     assert sample.prompt == [{"role": "user", "content": "What is 3*4?"}]
     assert (sample.score_chosen, sample.score_rejected) == (9.1, 2.0)
     assert sample.meta["correct_chosen"] is True
@@ -291,7 +291,7 @@ def test_rlaif_v_with_embedded_image_bytes(tmp_path, png):
     }
     sample = load_one(tmp_path, row, "rlaif_v")
     assert sample.id == "17"
-    assert sample.modality == "vision" and sample.source == "rlaif_v"
+    assert sample.modality == "vision" and sample.source == "data"
     assert sample.images == [str(png)]
     assert sample.prompt[0]["content"] == [
         {"type": "image"},

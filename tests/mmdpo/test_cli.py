@@ -174,3 +174,75 @@ def test_package_level_train_loads_the_configured_data(tiny_llama_dir, pairs_fil
     )
     result = mmdpo.train(config)
     assert result.steps == 1 and result.final_checkpoint.name == "step-000001"
+
+
+def _scored_file(path, scores):
+    rows = [
+        {"prompt": f"{path.stem} {i}?", "chosen": f"yes {i}", "rejected": f"no {i}",
+         "score_chosen": chosen, "score_rejected": rejected}
+        for i, (chosen, rejected) in enumerate(scores)
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_two_files_train_in_two_groups_printed_before_training(tiny_llama_dir, tmp_path, capsys):
+    """A judge's 0-10 and a reward model's 0-100 file, no `source`: two groups, shown first."""
+    judge = _scored_file(tmp_path / "judge.jsonl", [(8, 3), (9, 5), (7, 2), (6, 4)])
+    reward = _scored_file(tmp_path / "reward_model.jsonl", [(80, 30), (95, 50), (70, 20)])
+    held_out = _scored_file(tmp_path / "heldout.jsonl", [(9, 1), (8, 2)])
+    code = main(
+        [
+            "train",
+            f"model.name_or_path={tiny_llama_dir}",
+            f"data.train=[{judge}, {reward}]",
+            f"data.eval=[{{path: {held_out}, source: judge}}]",
+            "data.calibration=zscore",
+            "loss.kwargs.tau_good=auto",
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.max_steps=1",
+            "train.batch_size=2",
+            "train.progress=false",
+            "model.dtype=float32",
+            "lora.r=4",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    head = out.index("score groups (calibration zscore): pairs, mean and std of the raw scores, "
+                     "tau_good = median chosen score on the zscore scale")  # fmt: skip
+    assert out[head + 1].startswith("  text/judge: 4 pairs, mean 5.5, std 2.291, tau_good ")
+    assert out[head + 2].startswith("  text/reward_model: 3 pairs, mean 57.5, std 26.73, ")
+    assert head < next(i for i, line in enumerate(out) if line.startswith("run folder:"))
+    saved = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert [(g["source"], g["pairs"]) for g in saved["groups"]] == [
+        ("judge", 4),
+        ("reward_model", 3),
+    ]
+
+
+def test_held_out_file_without_source_among_several_groups_is_refused(tmp_path, capsys):
+    judge = _scored_file(tmp_path / "judge.jsonl", [(8, 3), (9, 5)])
+    reward = _scored_file(tmp_path / "reward_model.jsonl", [(80, 30), (95, 50)])
+    held_out = _scored_file(tmp_path / "heldout.jsonl", [(9, 1)])
+    args = [
+        "train",
+        "model.name_or_path=/nonexistent/model",  # refused before any model is looked at
+        f"data.train=[{judge}, {reward}]",
+        f"data.eval={held_out}",
+        "data.calibration=zscore",
+        f"train.output_dir={tmp_path / 'run'}",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "heldout.jsonl: held-out text samples get the source 'heldout'" in err
+    assert "several text sources (judge, reward_model)" in err
+
+
+def test_data_inspect_shows_the_groups_of_several_files(tmp_path, capsys):
+    judge = _scored_file(tmp_path / "judge.jsonl", [(8, 3), (9, 5), (7, 2), (6, 4)])
+    reward = _scored_file(tmp_path / "reward_model.jsonl", [(80, 30), (95, 50), (70, 20)])
+    assert main(["data", "inspect", str(judge), str(reward), "--format", "trl"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  text/judge: 4 pairs, mean 5.5, std 2.291, tau_good 7.5" in out
+    assert "  text/reward_model: 3 pairs, mean 57.5, std 26.73, tau_good 80" in out
