@@ -7,6 +7,7 @@ A path is the lazy reference: nothing is read until :func:`open_image` or :func:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -120,3 +121,25 @@ def check_image(value: ImageValue, full: bool = False) -> str | None:
     except (OSError, SyntaxError, ValueError) as error:
         return f"truncated or corrupt image: {name} ({error})"
     return None
+
+
+def image_content_hash(value: ImageValue) -> str | None:
+    """sha256 of an image's bytes (a file's, or the given encoded bytes), so that a copy under
+    another name hashes the same; a PIL image hashes its mode, size and pixels. None when the
+    file cannot be read (the image checks report that)."""
+    digest = hashlib.sha256()
+    if isinstance(value, Image.Image):
+        digest.update(f"{value.mode}:{value.size}:".encode())
+        digest.update(value.tobytes())
+    elif isinstance(value, bytes):
+        digest.update(value)
+    elif isinstance(value, str):
+        try:
+            with open(value, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            return None
+    else:
+        return None
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ from typing import Any
 
 from data_adapters.columns import check_columns, rename_columns
 from data_adapters.fields import FieldError, RowContext
-from data_adapters.images import check_image, describe_image, image_exists
+from data_adapters.images import check_image, describe_image, image_content_hash, image_exists
 from data_adapters.loaders import DataError, RowError, SourceInfo, describe_source, read_rows
 from data_adapters.registry import get_adapter
 from mmdpo.types import MODALITIES, PreferenceSample
@@ -269,10 +269,29 @@ def sample_issues(sample: PreferenceSample) -> list[tuple[str, str]]:
     for name in ("chosen", "rejected"):
         if not getattr(sample, name).strip():
             issues.append((name, "empty response"))
-    same_images = sample.rejected_images is None
-    if not issues and same_images and sample.chosen.strip() == sample.rejected.strip():
+    if issues or sample.chosen.strip() != sample.rejected.strip():
+        return issues
+    if sample.rejected_images is None:
         issues.append(("rejected", "identical to chosen"))
+    elif _same_images(sample.images, sample.rejected_images):
+        # An image-contrastive pair whose two image sets are the same pictures: nothing to prefer.
+        message = "identical to chosen, and rejected_images are the same images (by content)"
+        issues.append(("rejected", message))
     return issues
+
+
+def _same_images(images: Sequence[Any], rejected_images: Sequence[Any]) -> bool:
+    """Whether two image lists hold the same pictures in order, compared by content hash (a
+    byte-identical copy under another name counts as the same); unreadable ones never match."""
+    if len(images) != len(rejected_images):
+        return False
+    for image, rejected in zip(images, rejected_images, strict=True):
+        if image is rejected or (isinstance(image, str) and image == rejected):
+            continue
+        digest = image_content_hash(image)
+        if digest is None or digest != image_content_hash(rejected):
+            return False
+    return True
 
 
 def image_issues(sample: PreferenceSample, mode: str) -> list[tuple[str, str]]:

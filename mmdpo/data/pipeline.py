@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from mmdpo.data.transform import PairTransform, SampleTooLongError
@@ -39,7 +40,9 @@ def tokenize_samples(
         for start in range(0, len(samples), chunk_size):
             chunk = samples[start : start + chunk_size]
             for sample, result in zip(chunk, transform.many(list(chunk)), strict=True):
-                if isinstance(result, TokenizedPair):
+                if isinstance(result, TokenizedPair) and _nothing_to_prefer(result):
+                    problems.append(_identical(sample))
+                elif isinstance(result, TokenizedPair):
                     if result.image_inputs is not None or result.rejected_image_inputs is not None:
                         result.origin = sample  # so its image tensors can be dropped and redone
                     pairs.append(result)
@@ -80,6 +83,32 @@ def _problem(sample: PreferenceSample, error: Exception) -> dict[str, Any]:
     field_name = "images" if sample.images or sample.rejected_images else "prompt"
     where = sample.meta.get("file"), sample.meta.get("line")
     return {"id": sample.id, "field": field_name, "error": str(error), "where": where}
+
+
+def _nothing_to_prefer(pair: TokenizedPair) -> bool:
+    """Chosen and rejected rows are the same tokens over the same image tensors: the pair's
+    log-prob margin is zero whatever the model does, so it only adds noise (a truncation to
+    max_length can make two different responses equal, too)."""
+    if pair.chosen_ids != pair.rejected_ids:
+        return False
+    if pair.rejected_image_inputs is None:
+        return True
+    if pair.rejected_prompt_ids is not None and pair.rejected_prompt_ids != pair.prompt_ids:
+        return False
+    chosen, rejected = pair.image_inputs or {}, pair.rejected_image_inputs
+    return chosen.keys() == rejected.keys() and all(
+        chosen[key].shape == rejected[key].shape and torch.equal(chosen[key], rejected[key])
+        for key in chosen
+    )
+
+
+def _identical(sample: PreferenceSample) -> dict[str, Any]:
+    where = sample.meta.get("file"), sample.meta.get("line")
+    error = (
+        "identical to chosen after tokenization (same tokens, same images): nothing to prefer "
+        "(if both responses were cut at data.max_length, raise it)"
+    )
+    return {"id": sample.id, "field": "rejected", "error": error, "where": where}
 
 
 def split_eval(

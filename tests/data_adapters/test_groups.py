@@ -96,8 +96,9 @@ def test_held_out_file_joins_the_one_training_group(tmp_path):
 
 
 def test_held_out_file_with_several_training_groups_must_name_one(tmp_path):
-    train = load_samples(write_jsonl(tmp_path / "judge.jsonl", scored_rows(JUDGE)), "trl").samples
-    train += load_samples(write_jsonl(tmp_path / "rm.jsonl", scored_rows(REWARD, "t")), "trl").samples
+    judge = write_jsonl(tmp_path / "judge.jsonl", scored_rows(JUDGE))
+    reward = write_jsonl(tmp_path / "rm.jsonl", scored_rows(REWARD, "t"))
+    train = load_samples(judge, "trl").samples + load_samples(reward, "trl").samples
     path = write_jsonl(tmp_path / "test.jsonl", scored_rows(JUDGE[:2]))
     held_out = load_samples(path, "trl")
     with pytest.raises(DataError, match=r"several text sources \(judge, rm\); set `source:`"):

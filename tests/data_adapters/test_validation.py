@@ -55,6 +55,16 @@ def problems_of(tmp_path, rows, format="trl", **kwargs) -> list[str]:
             dict(GOOD, score_rejected=float("-inf")),
             "d.jsonl:1: score_rejected: score is infinite (-inf)",
         ),
+        (
+            dict(GOOD, score_chosen=1e308),
+            "d.jsonl:1: score_chosen: score too large in magnitude (1e+308); scores must lie "
+            "within +-1e+30 so that calibration and the float32 loss stay finite: rescale them",
+        ),
+        (
+            dict(GOOD, score_rejected="-2.5e200"),
+            "d.jsonl:1: score_rejected: score too large in magnitude (-2.5e+200); scores must lie "
+            "within +-1e+30 so that calibration and the float32 loss stay finite: rescale them",
+        ),
     ],
 )
 def test_row_problem_messages(tmp_path, row, expected):
@@ -270,3 +280,51 @@ def test_validate_lists_every_problem(tmp_path):
         f"{path}:3: chosen: missing field",
         "2 problems in 2 rows in total",
     ]
+
+
+SAME_IMAGES = (
+    "d.jsonl:1: rejected: identical to chosen, and rejected_images are the same images (by content)"
+)
+
+
+def test_identical_pair_with_the_same_image_files_is_refused(tmp_path, png):
+    row = dict(GOOD, rejected="yes", images=["images/cat.png"], rejected_images=["images/cat.png"])
+    assert problems_of(tmp_path, [row]) == [SAME_IMAGES]
+
+
+def test_identical_pair_with_a_byte_identical_copy_is_refused(tmp_path, png):
+    (png.parent / "copy.png").write_bytes(png.read_bytes())
+    row = dict(GOOD, rejected="yes", images=["images/cat.png"], rejected_images=["images/copy.png"])
+    assert problems_of(tmp_path, [row]) == [SAME_IMAGES]
+    # the same through `mmdpo data validate`, whatever the image check level
+    path = write_jsonl(tmp_path / "d.jsonl", [row])
+    for level in ("full", "none"):
+        report = validate(path, "trl", check_images=level)
+        assert [str(p) for p in report.problems] == [f"{tmp_path}/{SAME_IMAGES}"]
+
+
+def test_identical_texts_with_different_images_are_an_image_contrastive_pair(tmp_path, png):
+    make_png(png.parent / "dog.png", color=(10, 200, 40))
+    row = dict(GOOD, rejected="yes", images=["images/cat.png"], rejected_images=["images/dog.png"])
+    assert problems_of(tmp_path, [row]) == []
+    # different texts with the same images are an ordinary pair
+    row = dict(GOOD, images=["images/cat.png"], rejected_images=["images/cat.png"])
+    assert problems_of(tmp_path, [row]) == []
+
+
+def test_image_order_matters_and_bytes_count(tmp_path, png):
+    dog = make_png(png.parent / "dog.png", color=(10, 200, 40))
+    swapped = dict(
+        GOOD,
+        rejected="yes",
+        prompt="<image><image>Q?",
+        images=["images/cat.png", "images/dog.png"],
+        rejected_images=["images/dog.png", "images/cat.png"],
+    )
+    assert problems_of(tmp_path, [swapped]) == []
+    # a path on one side, the same picture's bytes on the other (a Parquet or Hub image struct)
+    in_bytes = dict(
+        GOOD, rejected="yes", images=[str(dog)], rejected_images=[{"bytes": dog.read_bytes()}]
+    )
+    result = load_samples([in_bytes], "trl", skip_invalid=True)
+    assert [str(p) for p in result.problems] == [SAME_IMAGES.replace("d.jsonl", "<memory>")]

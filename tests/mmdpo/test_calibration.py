@@ -207,3 +207,53 @@ def test_invalid_settings_list_valid_ones():
         fit_calibration(JUDGE, "minmax", target_range=(1.0, 1.0))
     with pytest.raises(ValueError, match="version"):
         Calibration.from_dict({"version": 99, "method": "none"})
+
+
+def test_scores_within_the_bound_stay_finite_everywhere():
+    """At +-MAX_ABS_SCORE every method, tau_good and the loss's float32 weight are finite;
+    one step beyond is refused (without the bound, 1e200 makes zscore's std overflow)."""
+    import torch
+
+    from mmdpo.calibration import MAX_ABS_SCORE
+    from mmdpo.losses.uni_dpo import uni_dpo_loss
+
+    with np.errstate(over="ignore"):
+        assert math.isinf(float(np.std([1e200, -1e200])))
+    edge = [
+        make(MAX_ABS_SCORE, -MAX_ABS_SCORE, index=0),
+        make(-MAX_ABS_SCORE, MAX_ABS_SCORE, index=1),
+    ]
+    for method in ("none", "zscore", "minmax", "rank"):
+        calibration = fit_calibration(edge, method)
+        stats = calibration.groups[("text", "judge")]
+        assert all(math.isfinite(v) for v in (stats.mean, stats.std, stats.tau_good)), method
+        for sample in calibration.apply_all(edge):
+            assert math.isfinite(sample.score_chosen) and math.isfinite(sample.score_rejected)
+    scores = torch.tensor([MAX_ABS_SCORE, -MAX_ABS_SCORE])  # float32, as the collator makes them
+    zeros = torch.zeros(2)
+    out = uni_dpo_loss(zeros, zeros, zeros, zeros, scores, scores.flip(0), eta=0.7)
+    assert torch.isfinite(out.losses).all() and torch.isfinite(out.metrics["w_qual"]).all()
+
+
+@pytest.mark.parametrize("score", [1.0000001e30, -1e308, float("inf")])
+def test_scores_beyond_the_bound_are_refused_naming_the_sample(score):
+    from mmdpo.calibration import CalibrationError
+
+    sample = make(score, 1.0)
+    sample.meta = {"file": "d.jsonl", "line": 7}
+    with pytest.raises(CalibrationError, match=r"^d.jsonl:7: score_chosen: score too large"):
+        fit_calibration([sample], "zscore")
+    with pytest.raises(CalibrationError, match=r"^sample text-judge-0: score_rejected"):
+        fit_calibration(JUDGE).apply(make(1.0, score))
+    with pytest.raises(CalibrationError):
+        fit_calibration([sample], "none")
+
+
+def test_a_calibrated_value_that_overflows_is_refused():
+    """minmax over a tiny range maps a far-away new score beyond float64: refused, not inf."""
+    from mmdpo.calibration import CalibrationError
+
+    tiny = [make(0.0, 1e-300, index=0)]
+    calibration = fit_calibration(tiny, "minmax")
+    with pytest.raises(CalibrationError, match=r"score_chosen: 1e\+30 maps to inf under minmax"):
+        calibration.apply(make(1e30, 0.0))

@@ -246,3 +246,28 @@ def test_data_inspect_shows_the_groups_of_several_files(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert "  text/judge: 4 pairs, mean 5.5, std 2.291, tau_good 7.5" in out
     assert "  text/reward_model: 3 pairs, mean 57.5, std 26.73, tau_good 80" in out
+
+
+def test_no_preference_and_overflowing_scores_are_refused_with_file_and_line(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (200, 30, 40)).save(tmp_path / "a.png")
+    (tmp_path / "a_copy.png").write_bytes((tmp_path / "a.png").read_bytes())
+    rows = [
+        {"prompt": "Q?", "chosen": "yes", "rejected": "no", "score_chosen": 1e308},
+        {"prompt": "Circle?", "chosen": "Yes.", "rejected": "Yes.", "images": ["a.png"],
+         "rejected_images": ["a_copy.png"]},
+    ]  # fmt: skip
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    expected = [
+        f"{path}:1: score_chosen: score too large in magnitude (1e+308)",
+        f"{path}:2: rejected: identical to chosen, and rejected_images are the same images",
+    ]
+    assert main(["data", "validate", str(path), "--format", "trl"]) == 1
+    out = capsys.readouterr().out
+    assert all(line in out for line in expected), out
+    args = ["train", "model.name_or_path=/does/not/exist", f"data.train={path}"]
+    assert main([*args, f"train.output_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert all(line in err for line in expected), err

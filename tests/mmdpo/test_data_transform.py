@@ -183,3 +183,28 @@ def test_vision_pairs_drop_their_pixels_and_the_collator_restores_them(session_t
     assert torch.equal(again.input_ids, kept.input_ids)
     for key, value in kept.image_inputs.items():
         assert torch.equal(again.image_inputs[key], value)
+
+
+def test_pairs_with_nothing_to_prefer_are_problems_not_pairs(tokenizer, session_tokenizer):
+    """Same tokens over the same pixels (in-memory samples skip the adapters' check): refused
+    at tokenization, before any model loads; a different rejected image keeps the pair."""
+    from mmdpo.tiny import random_image, tiny_vlm
+
+    _, processor = tiny_vlm("qwen2_vl", session_tokenizer)
+    vlm = PairTransform(processor, TransformSettings(4096), is_vlm=True)
+
+    def contrastive(rejected_image):
+        return PreferenceSample(
+            id="c", prompt="Circle?", chosen="Yes.", rejected="Yes.",
+            images=[random_image(4)], rejected_images=[rejected_image],
+        )  # fmt: skip
+
+    same = tokenize_samples([contrastive(random_image(4))], vlm, progress=False)  # a new object
+    assert same.pairs == [] and [p["field"] for p in same.problems] == ["rejected"]
+    assert "identical to chosen after tokenization" in same.problems[0]["error"]
+    other = tokenize_samples([contrastive(random_image(5))], vlm, progress=False)
+    assert len(other.pairs) == 1 and other.problems == []
+    # Two texts that one truncation makes equal are caught too.
+    cut = sample(chosen="It is four, as anyone knows.", rejected="It is four, as we all know.")
+    text = tokenize_samples([cut], PairTransform(tokenizer, TransformSettings(16)), progress=False)
+    assert text.pairs == [] and "data.max_length" in text.problems[0]["error"]
