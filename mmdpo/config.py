@@ -107,7 +107,12 @@ class DataConfig:
     modality: str | None = None
     """Override the adapter's modality (text, math, vision)."""
     source: str | None = None
-    """Source name used for calibration groups (default: the file stem)."""
+    """Source name of every entry that sets none: calibration and ``tau_good: auto`` work per
+    (modality, source) group. Default (None): a row's own ``source`` field, else the file's
+    stem, else a Hub dataset's name without owner and split. So ``train: [judge.jsonl,
+    rm.jsonl]`` gives the groups ``text/judge`` and ``text/rm``, printed before training; give
+    both entries one ``source`` to pool them. A held-out file without one joins the training
+    group of its modality when there is only one (docs/data.md, "Calibration groups")."""
     max_length: int = 1024
     """Maximum tokens of prompt + one response; responses are cut first."""
     max_prompt_length: int | None = None
@@ -115,7 +120,8 @@ class DataConfig:
     skip_invalid: bool = False
     """Drop invalid rows into invalid_rows.jsonl instead of stopping."""
     calibration: str = "none"
-    """Score calibration per (modality, source): none, zscore, minmax, rank."""
+    """Score calibration per (modality, source) group (see ``source``): none, zscore, minmax,
+    rank."""
     calibration_range: list[float] = field(default_factory=lambda: [0.0, 10.0])
     """Target range of ``minmax`` calibration."""
     limit: int | None = None
