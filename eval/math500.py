@@ -1,7 +1,10 @@
 """MATH-500 (the PRM800K test split of MATH) and ``math_jsonl`` for any problem/answer file.
 
-The response's final answer is the last ``\\boxed{}`` (else its last number), checked against
-the gold answer with math-verify, gold parsed first (``mmdpo.answers.grade_math_response``).
+math-verify reads the response with its own extraction config and checks it against the gold
+answer, gold parsed first (``mmdpo.answers.grade_math_response``): an unclosed box counts,
+several boxes are one set of answers, "the probability is 1/4." is 1/4. Only where it finds no
+answer at all is the last closed ``\\boxed{}`` (else the last number) checked instead.
+Version 2: version 1 passed only that extraction of ours to math-verify.
 The MATH-500 id is ``unique_id`` ("test/precalculus/807.json"); ``math_jsonl`` uses a row's
 ``id`` or ``unique_id`` when present, else its 0-based row index.
 """
@@ -23,7 +26,7 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 
 class Math500(Benchmark):
     name = "math500"
-    version = "1"
+    version = "2"
     kind = "generate"
     id_field = "unique_id"
     max_new_tokens = 2048

@@ -3,12 +3,15 @@
 Extraction: ``extract_boxed`` (last ``\\boxed{}``/``\\fbox{}``), and lm-evaluation-harness's two
 GSM8K rules, ``extract_gsm8k_strict`` (``#### 42``) and ``extract_last_number``.
 
-Checking: ``verify_answer(gold, prediction)`` runs math-verify (gold parsed first, then
-``verify(gold, prediction)``, the order its asymmetric rules expect) with a timeout that works
-in any thread. math-verify's own timeouts use ``signal.alarm``, which raises off the main
-thread, so they are switched off (``parsing_timeout=None``, ``timeout_seconds=None``) and the
-whole check runs in a worker process instead (``python -m mmdpo.answers``, one JSON line per
-check). A check that overruns ``timeout_s`` gets its worker killed and returns False.
+Checking: ``verify_answer(gold, prediction)`` runs math-verify on a bare answer (gold parsed
+first, then ``verify(gold, prediction)``, the order its asymmetric rules expect);
+``grade_math_response(response, gold)`` lets math-verify read a whole response with its own
+extraction config, and falls back to ``extract_boxed`` / ``extract_last_number`` only where
+math-verify finds nothing. Both run with a timeout that works in any thread. math-verify's
+own timeouts use ``signal.alarm``, which raises off the main thread, so they are switched off
+(``parsing_timeout=None``, ``timeout_seconds=None``) and the whole check runs in a worker
+process instead (``python -m mmdpo.answers``, one JSON line per check). A check that overruns
+``timeout_s`` gets its worker killed and counts as incorrect.
 
 Why processes and not a thread with a join timeout: a Python thread cannot be stopped, so a
 sympy simplification that never ends would keep burning a core (and holding the GIL) for the
@@ -32,7 +35,9 @@ import select
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -144,15 +149,21 @@ for _name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_name).addFilter(_DropTimeoutDisabledWarning())
 
 
+def _parse_gold(gold: str) -> list:
+    from math_verify import parse
+
+    if "#### " in gold:
+        strict = extract_gsm8k_strict(gold)
+        gold = normalize_number(strict) if strict is not None else gold
+    return parse(_as_parseable(gold), parsing_timeout=None)
+
+
 def _verify_inline(gold: str, prediction: str) -> bool:
-    """math-verify with its signal-based timeouts off; never raises."""
+    """math-verify on a bare answer (or text with delimiters), timeouts off; never raises."""
     try:
         from math_verify import parse, verify
 
-        if "#### " in gold:
-            strict = extract_gsm8k_strict(gold)
-            gold = normalize_number(strict) if strict is not None else gold
-        gold_parsed = parse(_as_parseable(gold), parsing_timeout=None)
+        gold_parsed = _parse_gold(gold)
         if not gold_parsed:
             return False
         prediction_parsed = parse(_as_parseable(prediction), parsing_timeout=None)
@@ -162,6 +173,41 @@ def _verify_inline(gold: str, prediction: str) -> bool:
     except Exception:  # noqa: BLE001 - a checker must never take a run down
         logger.debug("math-verify failed", exc_info=True)
         return False
+
+
+def fallback_answer(response: str) -> str | None:
+    """The last closed box, else the last number: what is checked when math-verify's own
+    extraction finds nothing in a response."""
+    answer = extract_boxed(response)
+    if answer is None:
+        number = extract_last_number(response, digits_only=True)
+        answer = normalize_number(number) if number is not None else None
+    return answer if answer is not None and answer.strip() else None
+
+
+def _grade_inline(gold: str, response: str) -> tuple[bool, str | None]:
+    """math-verify reads the whole response with its own extraction config (boxes, closed or
+    not; "final answer is"; the last LaTeX or plain expression; several boxes are a set).
+    Only where it finds nothing does :func:`fallback_answer` supply the answer. Never raises."""
+    try:
+        from math_verify import parse, verify
+
+        found = parse(response, parsing_timeout=None)
+        if found:
+            gold_parsed = _parse_gold(gold)
+            correct = bool(gold_parsed) and verify(gold_parsed, found, timeout_seconds=None)
+            return bool(correct), str(found[-1])
+    except Exception:  # noqa: BLE001 - a checker must never take a run down
+        logger.debug("math-verify failed", exc_info=True)
+        return False, None
+    answer = fallback_answer(response)
+    if answer is None:
+        return False, None
+    return _verify_inline(gold, answer), answer
+
+
+# The checks a worker runs: name -> function of (gold, text) returning a JSON-able result.
+_CHECKS = {"verify": _verify_inline, "grade": _grade_inline}
 
 
 class _Worker:
@@ -180,25 +226,35 @@ class _Worker:
             stderr=subprocess.DEVNULL,
             env=env,
         )
-        if self._read_reply(self.startup_timeout_s) != b"ready":
+        if self._read_line(self.startup_timeout_s) != b"ready":
             self.close()
             raise OSError("math-verify worker did not start")
 
-    def _read_reply(self, timeout_s: float) -> bytes:
+    def _read_line(self, timeout_s: float) -> bytes:
+        """One reply line, or b"" when none is complete within ``timeout_s``."""
         # The raw fd, not the buffered reader, so that select() sees every pending byte.
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout_s)
-        return os.read(self.process.stdout.fileno(), 16).strip() if ready else b""
+        deadline = time.monotonic() + timeout_s
+        reply = b""
+        while not reply.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.process.stdout], [], [], max(left, 0.0))
+            chunk = os.read(self.process.stdout.fileno(), 65536) if ready else b""
+            if not chunk:  # timed out, or the worker died
+                return b""
+            reply += chunk
+        return reply.strip()
 
-    def check(self, gold: str, prediction: str, timeout_s: float) -> bool | None:
-        """True/False, or None when the worker overran the timeout or died (it is then killed)."""
+    def run(self, check: str, gold: str, text: str, timeout_s: float) -> Any:
+        """The check's result, or None when the worker overran the timeout or died (it is then
+        killed)."""
         try:
-            self.process.stdin.write((json.dumps([gold, prediction]) + "\n").encode())
+            self.process.stdin.write((json.dumps([check, gold, text]) + "\n").encode())
             self.process.stdin.flush()
-            reply = self._read_reply(timeout_s)
+            reply = self._read_line(timeout_s)
         except OSError:
             reply = b""
-        if reply in (b"0", b"1"):
-            return reply == b"1"
+        if reply:
+            return json.loads(reply)
         self.close()
         return None
 
@@ -238,11 +294,11 @@ class _WorkerPool:
                 self._idle.append(worker)
             self._changed.notify()
 
-    def check(self, gold: str, prediction: str, timeout_s: float) -> bool:
+    def run(self, check: str, gold: str, text: str, timeout_s: float) -> Any:
         worker = self._acquire()
-        result = worker.check(gold, prediction, timeout_s)
+        result = worker.run(check, gold, text, timeout_s)
         self._release(worker if result is not None else None)
-        return bool(result)
+        return result
 
     def close(self) -> None:
         """Stop the idle workers (at exit; busy ones would end on their stdin closing anyway)."""
@@ -264,25 +320,24 @@ def set_verify_workers(max_workers: int) -> None:
     _POOL.max_workers = max_workers
 
 
-def _verify_in_thread(gold: str, prediction: str, timeout_s: float) -> bool:
-    result: list[bool] = []
-    thread = threading.Thread(
-        target=lambda: result.append(_verify_inline(gold, prediction)), daemon=True
-    )
+def _run_in_thread(check: str, gold: str, text: str, timeout_s: float) -> Any:
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(_CHECKS[check](gold, text)), daemon=True)
     thread.start()
     thread.join(timeout_s)
-    return bool(result and result[0])
+    return result[0] if result else None
 
 
 @functools.lru_cache(maxsize=65536)
-def _verify_cached(gold: str, prediction: str, timeout_s: float | None) -> bool:
+def _run_cached(check: str, gold: str, text: str, timeout_s: float | None) -> Any:
+    """A check's result, or None when it timed out."""
     if timeout_s is None or timeout_s <= 0:
-        return _verify_inline(gold, prediction)
+        return _CHECKS[check](gold, text)
     try:
-        return _POOL.check(gold, prediction, timeout_s)
+        return _POOL.run(check, gold, text, timeout_s)
     except Exception:  # noqa: BLE001 - e.g. no fork allowed; never fail a check over it
         logger.warning("could not start a math-verify worker; checking in a thread instead")
-        return _verify_in_thread(gold, prediction, timeout_s)
+        return _run_in_thread(check, gold, text, timeout_s)
 
 
 def verify_answer(gold: str, prediction: str, *, timeout_s: float | None = 5.0) -> bool:
@@ -292,32 +347,40 @@ def verify_answer(gold: str, prediction: str, *, timeout_s: float | None = 5.0) 
     gold GSM8K solution ("... #### 42") is reduced to its number. Safe to call from any thread.
     A parse failure, an error or a check slower than ``timeout_s`` seconds returns False; it
     never raises. ``timeout_s=None`` checks inline, without any timeout. Results are cached.
+    For a whole response, use :func:`grade_math_response`.
     """
     if not isinstance(gold, str) or not isinstance(prediction, str):
         return False
     if not gold.strip() or not prediction.strip():
         return False
-    return _verify_cached(gold, prediction, timeout_s)
+    return bool(_run_cached("verify", gold, prediction, timeout_s))
 
 
 def grade_math_response(
     response: str, gold: str, *, timeout_s: float | None = 5.0
 ) -> tuple[bool, str | None]:
-    """Extract a response's final answer (last box, else last number) and check it against gold.
+    """Whether a whole response's final answer equals ``gold``, and the answer it was read as.
 
-    Returns (correct, extracted answer or None when nothing could be extracted).
+    math-verify reads the response with its own extraction config, as its authors intend
+    (``verify(parse(gold), parse(response))``): an unclosed ``\\boxed{\\frac{14}{3}`` is
+    14/3, "the probability is 1/4." is 1/4, several boxes are read as one set of answers.
+    Only a response in which it finds nothing falls back to our extraction (last closed box,
+    else last number). Returns (correct, extracted answer or None when nothing was found); a
+    check slower than ``timeout_s`` counts as incorrect. Same thread safety as verify_answer.
     """
-    answer = extract_boxed(response)
-    if answer is None:
-        number = extract_last_number(response, digits_only=True)
-        answer = normalize_number(number) if number is not None else None
-    if answer is None or not answer.strip():
-        return False, answer
-    return verify_answer(gold, answer, timeout_s=timeout_s), answer
+    if not isinstance(gold, str) or not isinstance(response, str):
+        return False, None
+    if not gold.strip() or not response.strip():
+        return False, None
+    result = _run_cached("grade", gold, response, timeout_s)
+    if result is None:
+        return False, None
+    correct, extracted = result
+    return bool(correct), extracted
 
 
 def _serve() -> None:
-    """Worker loop: a JSON ``[gold, prediction]`` per stdin line, ``1`` or ``0`` per reply."""
+    """Worker loop: a JSON ``[check, gold, text]`` per stdin line, its JSON result per reply."""
     reply_stream = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     sys.stdout = sys.stderr  # stray prints must not corrupt the replies
     logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -326,11 +389,11 @@ def _serve() -> None:
     reply_stream.write("ready\n")
     for line in sys.stdin:
         try:
-            gold, prediction = json.loads(line)
-            correct = _verify_inline(gold, prediction)
+            check, gold, text = json.loads(line)
+            result = _CHECKS[check](gold, text)
         except Exception:  # noqa: BLE001
-            correct = False
-        reply_stream.write("1\n" if correct else "0\n")
+            result = [False, None] if '"grade"' in line else False
+        reply_stream.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

@@ -182,8 +182,9 @@ class RewardModelScorer:
 
 
 class MathScorer:
-    """10 when the response's final answer (last box, else last number) equals the gold
-    answer by math-verify, else 0. The gold answer is the ``gold_field`` column (default:
+    """10 when the response's final answer equals the gold answer, else 0: math-verify reads
+    the response (``mmdpo.answers.grade_math_response``; last box, else last number, only
+    where it finds nothing). The gold answer is the ``gold_field`` column (default:
     the first of ``answer``, ``gold``, ``gt``); a GSM8K ``... #### 42`` solution works too."""
 
     def __init__(self, gold_field: str | None = None, timeout_s: float | None = 5.0) -> None:

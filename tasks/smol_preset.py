@@ -46,7 +46,7 @@ RESERVED_KEYS = ("model.name_or_path", "data.train", "train.output_dir")
 
 class SmolArithmetic(MathJsonl):
     """The held-out word problems, asked as in training (``MATH_INSTRUCTION``), graded like
-    ``math_jsonl`` (last box, else last number, math-verify); accuracy per level (steps)."""
+    ``math_jsonl`` (math-verify reads the response); accuracy per level (steps)."""
 
     name = "smol_arithmetic"
     version = "1"

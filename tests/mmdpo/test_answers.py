@@ -151,11 +151,83 @@ def test_verify_answer_times_out_off_the_main_thread():
     ("response", "gold", "expected"),
     [
         (r"Adding up, the result is \boxed{\frac{3}{4}}.", "0.75", (True, r"\frac{3}{4}")),
-        (r"I think \boxed{2} ... no, \boxed{3}", "3", (True, "3")),
         ("She pays 3 * 4 = 12 dollars, so $1,200.", "1200", (True, "1200")),
         ("The total is 41.", "42", (False, "41")),
         ("I cannot solve this.", "42", (False, None)),
+        ("", "42", (False, None)),
     ],
 )
 def test_grade_math_response(response, gold, expected):
     assert grade_math_response(response, gold) == expected
+
+
+# Responses that our own extraction (last closed box, else last number) used to misread,
+# each with the answer math-verify reads and the verdict that follows.
+FALSE_NEGATIVES = [  # right answers that were scored wrong
+    # an unclosed box (cut off, or a stray brace): the last number was "3"
+    (r"The sum is $\frac{8}{3} + 2$, so the answer is \boxed{\frac{14}{3}", r"\frac{14}{3}"),
+    # a fraction in words: the last number was "4"
+    ("Two of the eight outcomes are good, so the probability is 1/4.", r"\frac{1}{4}"),
+    # "final answer is $...$" without a box: the last number was "4"
+    (r"The final answer is $\frac{3}{4}$. I hope it is correct.", "0.75"),
+]
+FALSE_POSITIVES = [  # wrong answers that were scored right
+    (r"The sum is $\frac{8}{3} + 2$, so the answer is \boxed{\frac{14}{3}", "3"),
+    ("Two of the eight outcomes are good, so the probability is 1/4.", "4"),
+    (r"The final answer is $\frac{3}{4}$. I hope it is correct.", "4"),
+    # two boxes are a set of answers to math-verify, equal to neither one alone
+    (r"I think \boxed{2} ... no, \boxed{3}", "3"),
+]
+
+
+def _math_verify_itself(response, gold):
+    from math_verify import parse, verify
+
+    return bool(
+        verify(
+            parse("\\boxed{" + gold + "}", parsing_timeout=None),
+            parse(response, parsing_timeout=None),
+            timeout_seconds=None,
+        )
+    )
+
+
+@pytest.mark.parametrize(("response", "gold"), FALSE_NEGATIVES)
+def test_math_verify_reads_the_response_right_answers(response, gold):
+    assert _math_verify_itself(response, gold)
+    assert grade_math_response(response, gold)[0] is True
+
+
+@pytest.mark.parametrize(("response", "gold"), FALSE_POSITIVES)
+def test_math_verify_reads_the_response_wrong_answers(response, gold):
+    assert not _math_verify_itself(response, gold)
+    assert grade_math_response(response, gold)[0] is False
+
+
+def test_what_math_verify_extracted_is_reported():
+    assert grade_math_response(r"so \boxed{\frac{14}{3}", "3") == (False, r"{\frac{14}{3}")
+    assert grade_math_response("the probability is 1/4.", "4") == (False, "1/4.")
+    assert grade_math_response(r"\boxed{2} or \boxed{3}", "3") == (False, "2,3")
+
+
+def test_fallback_only_where_math_verify_finds_nothing():
+    """math-verify finds no answer in "It costs $$5." (an unclosed display-math delimiter);
+    the last number, 5, is checked instead. Where it finds one, the fallback is never used."""
+    from math_verify import parse
+
+    from mmdpo.answers import fallback_answer
+
+    assert parse("It costs $$5.", parsing_timeout=None) == []
+    assert grade_math_response("It costs $$5.", "5") == (True, "5")
+    assert grade_math_response("It costs $$5.", "6") == (False, "5")
+    # our fallback would read "3" here (the last number); math-verify reads 14/3
+    response = r"so the answer is \boxed{\frac{14}{3}"
+    assert fallback_answer(response) == "3" and grade_math_response(response, "3")[0] is False
+
+
+def test_grading_inline_and_in_a_worker_agree():
+    cases = FALSE_NEGATIVES[:2] + FALSE_POSITIVES[:2] + [("It costs $$5.", "5")]
+    for response, gold in cases:
+        assert grade_math_response(response, gold, timeout_s=None) == grade_math_response(
+            response, gold, timeout_s=30.0
+        )
