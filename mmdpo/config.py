@@ -218,6 +218,12 @@ class TrainSettings:
     """Show a progress bar."""
     plots: bool = True
     """Write PNG plots of the curves into <output_dir>/plots at the end."""
+    samples: int = 4
+    """Held-out prompts (training prompts when there are none) answered greedily at the end
+    by the trained model and its base (adapter off), into <output_dir>/samples.jsonl for the
+    report; 0: none. Skipped when the weights are sharded (FSDP, ZeRO-3)."""
+    report: bool = True
+    """Write <output_dir>/report.html (one self-contained page; ``mmdpo report``) at the end."""
 
     def validate(self) -> None:
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
@@ -226,6 +232,8 @@ class TrainSettings:
         for name in ("batch_size", "grad_accum", "keep_last", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.samples < 0:
+            raise ConfigError(f"train.samples: must be >= 0, got {self.samples}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"train.max_steps: must be >= 1, got {self.max_steps}")
         if self.max_steps is None and not self.epochs > 0:

@@ -204,6 +204,18 @@ class PairTransform:
                 image_inputs[key] = value[0]
         return ids, image_inputs, prompt, text
 
+    def generation_inputs(self, sample: PreferenceSample) -> dict[str, torch.Tensor]:
+        """The sample's prompt as ``model.generate`` takes it: a batch of one, rendered with the
+        generation prompt, its images through the processor (every key the processor gives)."""
+        if sample.images and self.is_vlm:
+            prompt = _with_image_parts(sample.prompt, len(sample.images))
+            text = self.render(prompt, add_generation_prompt=True)
+            images = [load_image(ref) for ref in sample.images]
+            return dict(self.processing(text=[text], images=[images], return_tensors="pt"))
+        _, text = self._text_prompt(sample)
+        ids = torch.tensor([self._cap_prompt(self._encode(text))])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
     def __call__(self, sample: PreferenceSample) -> TokenizedPair:
         prompt_ids, image_inputs, prompt, prompt_text = self._prompt(sample, sample.images)
         chosen_ids = self.response_ids(prompt, prompt_text, sample.chosen)
