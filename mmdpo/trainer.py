@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,10 @@ from mmdpo.metrics_log import (
     plot_metrics,
 )
 from mmdpo.models.quantization import assert_4bit_trainable
-from mmdpo.objective import ReferenceModel, compute_objective, unwrap
+from mmdpo.objective import ReferenceModel, adapter_disabled, compute_objective, unwrap
+from mmdpo.report import REPORT_FILE, write_report
+from mmdpo.report.data_summary import DATA_SUMMARY_FILE, write_data_summary
+from mmdpo.report.samples import SAMPLES_FILE, pick_samples, write_samples
 from mmdpo.setup import (
     build_optimizer,
     build_scheduler,
@@ -178,6 +182,17 @@ def evaluate(
     return result
 
 
+@contextlib.contextmanager
+def _reported(name: str):
+    """Turn a failure into one printed line (a finished run stays finished)."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - any failure of an optional extra
+        if os.environ.get("MMDPO_DEBUG"):
+            raise
+        print(f"{name}: not written ({type(err).__name__}: {err}); MMDPO_DEBUG=1 shows why")
+
+
 def _all_finite(model: Any) -> bool:
     for param in model.parameters():
         if param.grad is not None and not torch.isfinite(param.grad).all():
@@ -239,6 +254,10 @@ class _Data:
     train_pairs: list[TokenizedPair]
     eval_pairs: list[TokenizedPair]
     collate: PreferenceCollator
+    transform: PairTransform
+    report_samples: list[PreferenceSample]
+    """A few raw samples whose prompts are answered at the end (``samples.jsonl``)."""
+    report_split: str
 
 
 def _prepare_data(
@@ -251,6 +270,7 @@ def _prepare_data(
 ) -> _Data:
     """Calibrated scores (fitted, or the checkpoint's on resume), tokenized pairs, collator."""
     main = accelerator.is_main_process
+    raw_train, raw_eval = train_samples, list(eval_samples or [])
     calibration = _calibrate(config, train_samples, resume_from)
     train_samples = calibration.apply_all(train_samples)
     eval_samples = calibration.apply_all(eval_samples or [])
@@ -279,7 +299,17 @@ def _prepare_data(
         pad_id if pad_id is not None else transform.eos_token_id,
         restore=functools.partial(restore_images, transform=transform),
     )
-    return _Data(calibration, train_pairs, eval_pairs, collate)
+    if main:
+        write_data_summary(
+            run_dir / DATA_SUMMARY_FILE,
+            {"train": (raw_train, train_pairs), "eval": (raw_eval, eval_pairs)},
+            calibration=calibration.to_dict(),
+        )
+    shown = raw_eval if eval_pairs else raw_train
+    shown_ids = {p.id for p in (eval_pairs or train_pairs)}
+    report_samples = pick_samples(shown, shown_ids, config.train.samples)
+    split = "eval" if eval_pairs else "train"
+    return _Data(calibration, train_pairs, eval_pairs, collate, transform, report_samples, split)
 
 
 class _Loop:
@@ -501,10 +531,37 @@ class _Loop:
         bar.close()
         if accelerator.is_main_process and config.train.plots:
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "plots")
+        if accelerator.is_main_process:
+            self.write_samples_and_report(total_steps)
         accelerator.wait_for_everyone()
         return RunResult(
             self.run_dir, total_steps, self.last_checkpoint, train_stats, eval_stats, self.skipped
         )
+
+    def write_samples_and_report(self, step: int) -> None:
+        """``samples.jsonl`` (the trained and the base model's answers), then ``report.html``.
+
+        The run is complete by now (its checkpoint is saved), so a failure here is reported
+        in one line and does not fail the run (``MMDPO_DEBUG=1`` raises it).
+        """
+        samples, config = self.data.report_samples, self.config
+        if samples and self.sharding is not None:
+            print(f"samples.jsonl: skipped (the weights are sharded: {self.sharding.kind})")
+        elif samples:
+            with _reported("samples.jsonl"), self.accelerator.autocast():
+                write_samples(
+                    self.run_dir / SAMPLES_FILE,
+                    unwrap(self.model),
+                    self.data.transform,
+                    samples,
+                    split=self.data.report_split,
+                    step=step,
+                    with_base=config.lora.enabled,
+                    base_context=adapter_disabled,
+                )
+        if config.train.report:
+            with _reported(REPORT_FILE):
+                write_report([self.run_dir], self.run_dir / REPORT_FILE)
 
     def _too_many_bad_steps(self, done: int, count: int, reason: str) -> TrainingError:
         where = (
