@@ -11,6 +11,7 @@
     mmdpo pairs PROMPTS OUT --model M --k 8
     mmdpo demo [--out DIR] [--compare dpo] [key=value ...]
     mmdpo ablate --task demo|smol-text|smol-math|config [--config F] [--seeds N] [--out DIR]
+    mmdpo report RUN [RUN ...] [--out FILE]
 
 A user's mistake (bad config, bad data, a wrong combination) prints one clear message and
 exits with status 2, never a traceback; set MMDPO_DEBUG=1 to see the traceback anyway.
@@ -136,6 +137,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"run folder: {result.run_dir}")
     print(f"final checkpoint: {result.final_checkpoint}")
+    from mmdpo.report import REPORT_FILE
+
+    if (result.run_dir / REPORT_FILE).is_file():
+        print(f"report: {result.run_dir / REPORT_FILE}")
     for key in ("loss", "rewards/accuracies", "rewards/margins"):
         if key in result.train_metrics:
             print(f"  train {key}: {result.train_metrics[key]:.4f}")
@@ -253,6 +258,12 @@ PLUGINS: dict[str, tuple[str, str, str, str]] = {
         "add_arguments",
         "run",
         "train loss variants (Uni-DPO ablations, DPO, SimPO) over seeds; mean, std, 95% CI",
+    ),
+    "report": (
+        "mmdpo.report.command",
+        "add_arguments",
+        "run",
+        "write one self-contained HTML page about one or several runs",
     ),
     "smol": (
         "tasks.smol_preset",

@@ -49,6 +49,7 @@ OWNED = (
     "eval",
     "plots",
     "demo_results.json",
+    "report.html",
 )
 
 
@@ -309,6 +310,9 @@ def run_demo(
     }
     (out_dir / "demo_results.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
     print(f"\nresults: {out_dir / 'demo_results.json'}; plots: {plot} and {out_dir}/train/*/plots")
+    from mmdpo.report import write_report
+
+    print(f"report: {write_report([out_dir], title=f'mmdpo demo, seed {settings.seed}')}")
     print(f"total time {total:.0f} s ({_timing_line(timings)})")
     return 0
 
