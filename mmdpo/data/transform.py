@@ -59,7 +59,7 @@ def load_image(ref: Any) -> Any:
     """Open an image reference (path, bytes, PIL image, or an object with ``.open()``) as RGB."""
     from PIL import Image
 
-    if hasattr(ref, "open") and not isinstance(ref, Image.Image):
+    if hasattr(ref, "open") and not isinstance(ref, (Image.Image, Path)):  # Path.open is text
         ref = ref.open()
     if isinstance(ref, Image.Image):
         return ref.convert("RGB")

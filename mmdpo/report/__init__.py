@@ -52,8 +52,12 @@ def build_report(
         if not {"title", "columns", "rows"} <= set(table):
             raise ValueError("extra_tables: each table needs title, columns and rows")
     runs = data["runs"]
+    if title is None:  # the folder's name, or the runs' names
+        roots = [Path(p).resolve().name for p in paths]
+        labels = [run["name"] for run in runs]
+        title = roots[0] if len(roots) == 1 else ", ".join(labels[:4]) + ("…" * (len(labels) > 4))
     data.update(
-        title=title or ", ".join(run["name"] for run in runs[:4]) + ("…" if len(runs) > 4 else ""),
+        title=title,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         version=__version__,
         extra_tables=plain(list(extra_tables)),

@@ -376,7 +376,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # an empty section says nothing a missing one does not
             out.update(_flatten(value, f"{name}."))
         else:
             out[name] = value

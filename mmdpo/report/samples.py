@@ -127,6 +127,7 @@ def write_samples(
     step: int,
     with_base: bool,
     base_context: Any = None,
+    max_new_tokens: int | None = None,
 ) -> Path:
     """Generate the policy's (and, with ``with_base``, the base model's) answer to each
     sample's prompt; write one JSON line per sample.
@@ -138,9 +139,10 @@ def write_samples(
         split: "eval" (held-out) or "train" (when the run had no held-out data).
         base_context: a context manager factory ``base_context(model)`` that switches the
             adapter off (``mmdpo.objective.adapter_disabled``).
+        max_new_tokens: the cap per answer (default: ``token_budget``).
     """
     model.eval()
-    budget = token_budget(transform, samples)
+    budget = max_new_tokens or token_budget(transform, samples)
     path = Path(path)
     with open(path, "w", encoding="utf-8") as handle:
         for sample in samples:

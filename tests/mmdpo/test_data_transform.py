@@ -208,3 +208,15 @@ def test_pairs_with_nothing_to_prefer_are_problems_not_pairs(tokenizer, session_
     cut = sample(chosen="It is four, as anyone knows.", rejected="It is four, as we all know.")
     text = tokenize_samples([cut], PairTransform(tokenizer, TransformSettings(16)), progress=False)
     assert text.pairs == [] and "data.max_length" in text.problems[0]["error"]
+
+
+def test_load_image_opens_paths_strings_and_bytes(tmp_path):
+    from PIL import Image
+
+    from mmdpo.data.transform import load_image
+
+    file = tmp_path / "a.png"
+    Image.new("L", (3, 2), 9).save(file)
+    for ref in (file, str(file), file.read_bytes(), {"bytes": file.read_bytes()}):
+        image = load_image(ref)
+        assert image.mode == "RGB" and image.size == (3, 2)

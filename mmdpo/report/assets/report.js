@@ -8,7 +8,14 @@
   // Observable's 10-colour palette: distinct hues that stay apart for most colour vision.
   const PALETTE = ["#4269d0", "#ff725c", "#3ca951", "#efb118", "#a463f2",
     "#6cc5b0", "#ff8ab7", "#9c6b4e", "#97bbf5", "#9498a0"];
-  RUNS.forEach((run, index) => { run.color = PALETTE[index % PALETTE.length]; });
+  // Runs that differ only by seed ("uni_dpo/seed-1") share their variant's colour.
+  const groupOf = (name) => name.replace(/[/_-]?seed[-_]?\d+$/, "") || name;
+  const GROUPS = [...new Set(RUNS.map((run) => groupOf(run.name)))];
+  const BY_GROUP = GROUPS.length > 1 && GROUPS.length < RUNS.length;
+  RUNS.forEach((run, index) => {
+    run.group = groupOf(run.name);
+    run.color = PALETTE[(BY_GROUP ? GROUPS.indexOf(run.group) : index) % PALETTE.length];
+  });
   const state = { smoothing: 0 };
   const charts = [];
   const sections = [];
@@ -116,14 +123,15 @@
     return { values: out, step };
   }
 
-  function tickLabel(value, step) {
-    if (value === 0) return "0";
-    const size = Math.abs(value);
+  // One format per axis: all fixed-point, or all exponent when the largest tick is tiny or huge.
+  function tickFormatter(values, step) {
+    const largest = Math.max(...values.map(Math.abs));
     const digits = Math.floor(Math.log10(step) + 1e-9);
-    if (size >= 1e5 || size < 1e-3) {
-      return value.toExponential(Math.max(0, Math.min(6, Math.floor(Math.log10(size)) - digits)));
+    if (largest >= 1e5 || (largest > 0 && largest < 1e-2)) {
+      const precision = Math.max(0, Math.min(6, Math.floor(Math.log10(largest)) - digits));
+      return (v) => (v === 0 ? "0" : v.toExponential(precision));
     }
-    return value.toFixed(Math.max(0, Math.min(8, -digits)));
+    return (v) => (v === 0 ? "0" : v.toFixed(Math.max(0, Math.min(8, -digits))));
   }
 
   function padRange(lo, hi, fixed) {
@@ -174,7 +182,12 @@
     }
 
     setLegend(items) {
-      this.legend.replaceChildren(...items.map((item) => h("span", {}, swatch(item.color), item.label)));
+      const shown = new Map();  // one entry per colour and label (seeds of a variant share both)
+      for (const item of items) {
+        const label = item.legend || item.label;
+        shown.set(`${item.color}|${label}`, h("span", {}, swatch(item.color), label));
+      }
+      this.legend.replaceChildren(...shown.values());
     }
 
     context() {
@@ -198,11 +211,12 @@
       ctx.fillStyle = "#5f6b7a";
       ctx.lineWidth = 1;
       const yt = ticks(yr[0], yr[1], 4);
+      const yLabel = tickFormatter(yt.values, yt.step);
       ctx.textAlign = "right";
       ctx.textBaseline = "middle";
       for (const v of yt.values) {
         ctx.beginPath(); ctx.moveTo(PAD.left, Math.round(sy(v)) + 0.5); ctx.lineTo(width - PAD.right, Math.round(sy(v)) + 0.5); ctx.stroke();
-        ctx.fillText(tickLabel(v, yt.step), PAD.left - 6, sy(v));
+        ctx.fillText(yLabel(v), PAD.left - 6, sy(v));
       }
       ctx.textAlign = "center";
       ctx.textBaseline = "top";
@@ -210,7 +224,8 @@
         for (const item of xTicks) ctx.fillText(item.label, sx(item.x), height - PAD.bottom + 6);
       } else {
         const xt = ticks(xr[0], xr[1], Math.max(2, Math.floor(plotW / 80)));
-        for (const v of xt.values) ctx.fillText(tickLabel(v, Math.max(xt.step, 1)), sx(v), height - PAD.bottom + 6);
+        const xLabel = tickFormatter(xt.values, Math.max(xt.step, 1));
+        for (const v of xt.values) ctx.fillText(xLabel(v), sx(v), height - PAD.bottom + 6);
       }
       ctx.strokeStyle = "#b8c0cc";
       ctx.beginPath(); ctx.moveTo(PAD.left, height - PAD.bottom + 0.5); ctx.lineTo(width - PAD.right, height - PAD.bottom + 0.5); ctx.stroke();
@@ -459,14 +474,26 @@
       );
     } else if (MULTI) {
       const losses = [...new Set(RUNS.map((run) => lossLabel(run.config)))];
-      const accuracy = RUNS.map((run) => [run, run.last_eval["eval/rewards/accuracies"]]).filter(([, v]) => isNum(v));
-      accuracy.sort((a, b) => b[1] - a[1]);
+      const steps = RUNS.map(lastStep).filter(isNum);
       cards.append(
-        kpi("Runs", String(RUNS.length), null, "runs"),
+        kpi("Runs", String(RUNS.length), `${(DATA.config_differences || []).length} settings differ`, "runs"),
         kpi("Losses", losses.join(", "), null, "losses"),
-        kpi("Differences", String((DATA.config_differences || []).length), "config keys that differ", "differences"),
-        kpi("Best held-out accuracy", accuracy.length ? fmt(accuracy[0][1], 3) : "–", accuracy.length ? accuracy[0][0].name : "no held-out eval", "best"),
+        kpi("Steps", steps.length ? fmt(Math.max(...steps)) : "–", "longest run", "steps"),
       );
+      const accuracy = RUNS.map((run) => [run.name, run.last_eval["eval/rewards/accuracies"]]).filter(([, v]) => isNum(v));
+      if (accuracy.length) {
+        accuracy.sort((a, b) => b[1] - a[1]);
+        cards.append(kpi("Best held-out reward accuracy", fmt(accuracy[0][1], 3), accuracy[0][0], "best"));
+      }
+      // The first metric of each benchmark (two at most), one line per eval label.
+      const bench = benchmarkColumns();
+      const firsts = bench.columns.filter((key, i) => bench.columns.findIndex((k) => k.split("/")[0] === key.split("/")[0]) === i);
+      for (const key of firsts.slice(0, 2)) {
+        const values = [...bench.values.entries()].filter(([k, v]) => k.endsWith(`|${key}`) && isNum(v)).map(([k, v]) => [k.split("|")[0], v]);
+        if (!values.length) continue;
+        cards.append(h("div", { class: "kpi", "data-kpi": `bench-${key}` }, h("div", { class: "label" }, key),
+          values.map(([label, v]) => h("div", { class: "kpi-row" }, h("span", {}, label), h("span", { class: "v" }, fmt(v, 3))))));
+      }
     }
     app.append(cards);
     const missing = RUNS.flatMap((run) => run.missing.map((item) => ({ run, ...item })));
@@ -511,19 +538,31 @@
     return { columns, values };
   }
 
+  function settingsCell(run, diffs) {
+    if (!diffs.length) return cell("same settings");
+    // The loss first; keys a run does not set (another loss's hyperparameters) left out.
+    const ordered = [...diffs].sort((a, b) => (b === "loss.name") - (a === "loss.name"));
+    const lines = ordered.filter((key) => get(run.config, key) !== null && get(run.config, key) !== undefined)
+      .map((key) => h("div", {}, h("code", {}, key.replace(/^loss\.kwargs\./, "")), " ", configValue(get(run.config, key))));
+    return h("td", { class: "settings" }, lines);
+  }
+
   function renderComparison() {
     if (!MULTI) return;
     const node = section("compare", "Comparison", "One row per run: the settings that differ, the last logged numbers, and the benchmark results saved beside the runs.");
     const diffs = DATA.config_differences || [];
     const bench = benchmarkColumns();
     const tail = (name) => name.split("/").pop();
-    const columns = ["run", ...diffs.map((key) => ({ label: key })), { label: "steps", num: true },
+    const columns = ["run", "settings that differ", { label: "steps", num: true },
       ...COMPARE.map(([, label]) => ({ label, num: true })), ...COMPARE_EVAL.map(([, label]) => ({ label, num: true })),
       ...bench.columns.map((key) => ({ label: key, num: true })), { label: "wall time", num: true }];
-    const rows = RUNS.map((run) => h("tr", { "data-run": run.name }, cell(runLabel(run)),
-      diffs.map((key) => cell(configValue(get(run.config, key)))), cell(lastStep(run)),
-      COMPARE.map(([key]) => cell(run.last[key], { "data-key": key })),
-      COMPARE_EVAL.map(([key]) => cell(run.last_eval[key], { "data-key": key })),
+    const present = (key, source) => RUNS.some((run) => isNum(run[source][key]));
+    const trainKeys = COMPARE.filter(([key]) => present(key, "last"));
+    const evalKeys = COMPARE_EVAL.filter(([key]) => present(key, "last_eval"));
+    columns.splice(3, COMPARE.length + COMPARE_EVAL.length, ...[...trainKeys, ...evalKeys].map(([, label]) => ({ label, num: true })));
+    const rows = RUNS.map((run) => h("tr", { "data-run": run.name }, cell(runLabel(run)), settingsCell(run, diffs), cell(lastStep(run)),
+      trainKeys.map(([key]) => cell(run.last[key], { "data-key": key })),
+      evalKeys.map(([key]) => cell(run.last_eval[key], { "data-key": key })),
       bench.columns.map((key) => cell(bench.values.get(`${tail(run.name)}|${key}`), { "data-key": key })),
       cell(fmtSeconds(run.wall_seconds))));
     const labels = new Set();
@@ -531,8 +570,8 @@
     const runTails = new Set(RUNS.map((run) => tail(run.name)));
     for (const label of labels) {
       if (runTails.has(label)) continue;
-      rows.push(h("tr", { "data-label": label }, cell(h("span", { class: "muted" }, `${label} (benchmarks only)`)),
-        diffs.map(() => cell("")), cell(null), COMPARE.map(() => cell(null)), COMPARE_EVAL.map(() => cell(null)),
+      rows.push(h("tr", { "data-label": label }, cell(h("span", { class: "muted" }, label)), cell(h("span", { class: "muted" }, "benchmarks only")), cell(null),
+        [...trainKeys, ...evalKeys].map(() => cell(null)),
         bench.columns.map((key) => cell(bench.values.get(`${label}|${key}`), { "data-key": key })), cell("")));
     }
     node.append(table(columns, rows, { id: "comparison" }));
@@ -543,15 +582,19 @@
     if (!tables.length) return;
     const node = section("tables", "Summary tables", null);
     tables.forEach((spec, index) => {
+      // A column of numbers (None allowed) is right-aligned under its heading too.
+      const numeric = spec.columns.map((_, c) => spec.rows.every((row) => row[c] === null || typeof row[c] === "number"));
+      const columns = spec.columns.map((c, i) => (typeof c === "string" ? { label: c, num: numeric[i] } : c));
       node.append(h("h3", {}, spec.title), spec.note ? h("p", { class: "lead" }, spec.note) : null,
-        table(spec.columns.map((c) => (typeof c === "string" ? { label: c } : c)), spec.rows.map((row) => h("tr", {}, row.map((v) => cell(v)))), { id: `extra-${index}` }));
+        table(columns, spec.rows.map((row) => h("tr", {}, row.map((v) => cell(v)))), { id: `extra-${index}` }));
     });
   }
 
   // ---------------------------------------------------------------- evals
   function evalBlocks() {
-    const blocks = (DATA.collection_evals || []).map((block) => ({ title: MULTI || RUNS.length === 0 ? basename(block.path) : "", ...block }));
-    RUNS.forEach((run) => { if (run.evals) blocks.push({ title: MULTI ? run.name : "", path: run.path, ...run.evals }); });
+    const blocks = (DATA.collection_evals || []).map((block) => ({ title: basename(block.path), ...block }));
+    RUNS.forEach((run) => { if (run.evals) blocks.push({ title: run.name, path: run.path, ...run.evals }); });
+    if (blocks.length === 1) blocks[0].title = "";
     return blocks;
   }
 
@@ -569,39 +612,40 @@
     if (heldOut.length) renderHeldOut(node, heldOut);
   }
 
+  function signed(value) {
+    return `${value > 0 ? "+" : value < 0 ? "−" : "±"}${fmt(Math.abs(value))}`;
+  }
+
   function renderBenchmark(node, block, bench, entry, blockIndex) {
     const labels = block.labels.filter((label) => entry.results[label]);
     const first = entry.results[labels[0]];
+    const metricsOf = (label) => entry.results[label].metrics || {};
     const metrics = [];
-    labels.forEach((label) => Object.keys(entry.results[label].metrics || {}).forEach((m) => { if (!metrics.includes(m)) metrics.push(m); }));
+    labels.forEach((label) => Object.keys(metricsOf(label)).forEach((m) => { if (!metrics.includes(m)) metrics.push(m); }));
     const pills = [h("span", { class: "pill" }, `v${first.version}`), h("span", { class: "pill" }, `n = ${first.n}`)];
     if (labels.some((label) => entry.results[label].generated)) pills.push(h("span", { class: "pill gen", title: "a seeded stand-in sample, not the benchmark" }, "generated data"));
     node.append(h("h3", {}, block.title ? `${block.title} · ` : "", bench, " ", pills));
-    const delta = labels.length > 1;
-    const columns = ["metric", ...labels.map((label) => ({ label, num: true, title: entry.results[label].adapter || entry.results[label].model || "" })),
-      ...(delta ? [{ label: `Δ ${labels[labels.length - 1]} − ${labels[0]}`, num: true }] : [])];
+    const columns = ["metric", ...labels.map((label, i) => ({ label: i ? `${label} (Δ vs ${labels[0]})` : label, num: true, title: entry.results[label].adapter || entry.results[label].model || "" }))];
     const rows = metrics.map((metric) => {
-      const values = labels.map((label) => (entry.results[label].metrics || {})[metric]);
-      const change = delta && isNum(values[0]) && isNum(values[values.length - 1]) ? values[values.length - 1] - values[0] : null;
-      return h("tr", { "data-metric": metric }, cell(metric), values.map((v, i) => cell(v, { "data-label": labels[i] })),
-        delta ? cell(change === null ? null : change) : null);
+      const base = metricsOf(labels[0])[metric];
+      return h("tr", { "data-metric": metric }, cell(metric), labels.map((label, i) => {
+        const value = metricsOf(label)[metric];
+        const td = cell(value, { "data-label": label });
+        if (i && isNum(value) && isNum(base)) td.append(h("span", { class: "delta" }, signed(value - base)));
+        return td;
+      }));
     });
-    const wrap = h("div", { class: "grid" });
-    node.append(wrap);
-    const tableBox = h("div", {}, table(columns, rows, { id: `eval-${blockIndex}-${bench}` }));
-    wrap.append(tableBox);
-    const values = labels.flatMap((label) => metrics.map((m) => (entry.results[label].metrics || {})[m]));
-    if (values.length && values.every((v) => v === null || (isNum(v) && v >= 0 && v <= 1))) {
-      new BarChart(wrap, { title: `${bench}: ${labels.join(" vs ")}`, categories: metrics, yRange: [0, 1],
-        series: labels.map((label, i) => ({ label, color: PALETTE[i % PALETTE.length], values: metrics.map((m) => entry.results[label].metrics[m]) })) });
+    const tableNode = table(columns, rows, { id: `eval-${blockIndex}-${bench}` });
+    const unit = metrics.filter((m) => labels.every((label) => { const v = metricsOf(label)[m]; return v === null || v === undefined || (isNum(v) && v >= 0 && v <= 1); }));
+    if (!unit.length) {
+      node.append(tableNode);
+    } else {
+      const split = h("div", { class: "split" }, tableNode);
+      node.append(split);
+      new BarChart(split, { title: `${bench}: ${labels.join(" vs ")}`, categories: unit, yRange: [0, 1],
+        series: labels.map((label, i) => ({ label, color: PALETTE[i % PALETTE.length], values: unit.map((m) => metricsOf(label)[m]) })) });
     }
     if (entry.examples && entry.examples.length) node.append(renderEvalExamples(entry.examples, labels));
-  }
-
-  function scoreClass(score) {
-    if (score === 1 || score === true) return "score ok";
-    if (score === 0 || score === false) return "score no";
-    return "score";
   }
 
   function renderEvalExamples(examples, labels) {
@@ -609,13 +653,13 @@
     for (const example of examples) {
       const answers = labels.filter((label) => example.answers[label]).map((label) => {
         const answer = example.answers[label];
-        return h("div", { class: "answer" }, h("div", { class: "who" }, h("span", {}, label), h("span", { class: scoreClass(answer.score) }, `score ${fmt(answer.score)}`)),
+        return h("div", { class: "answer" }, h("div", { class: "who" }, h("span", {}, label), h("span", { class: "score" }, `score ${fmt(answer.score)}`)),
           h("div", { class: "text" }, answer.response === null || answer.response === undefined ? "–" : String(answer.response)));
       });
       const body = h("div", {}, h("div", { class: "prompt" }, example.prompt === null ? "" : String(example.prompt)),
         example.label !== null && example.label !== undefined ? h("div", { class: "muted" }, `expected: ${typeof example.label === "object" ? JSON.stringify(example.label) : example.label}`) : null,
         h("div", { class: "answers" }, answers));
-      details.append(h("div", { class: "card" }, h("div", { class: example.image ? "sample" : "sample noimage" },
+      details.append(h("div", { class: "card" }, h("div", { class: example.image ? "sample compact" : "sample noimage" },
         example.image ? h("img", { src: example.image, alt: `image of ${example.id}` }) : null, body)));
     }
     return details;
@@ -625,13 +669,20 @@
     "eval/rewards/chosen", "eval/rewards/rejected", "eval/weights/ess_ratio"];
 
   function renderHeldOut(node, runs) {
-    node.append(h("h3", {}, "Held-out preference pairs"), h("p", { class: "lead" }, "The engine's own evaluation on held-out pairs (eval/ keys of metrics.jsonl), at its first and last evaluation."));
+    node.append(h("h3", {}, "Held-out preference pairs"), h("p", { class: "lead" }, `The engine's own evaluation on held-out pairs (eval/ keys of metrics.jsonl), ${MULTI ? "at the last evaluation" : "at its first and last evaluation"}.`));
     const keys = [];
     runs.forEach((run) => Object.keys(run.last_eval).forEach((key) => { if (key.startsWith("eval/") && !keys.includes(key)) keys.push(key); }));
     const main = HELD_OUT_MAIN.filter((key) => keys.includes(key));
     const rest = keys.filter((key) => !main.includes(key)).sort();
-    const columns = ["metric"];
-    runs.forEach((run) => columns.push({ label: MULTI ? `${run.name}: first` : "first eval", num: true }, { label: MULTI ? `${run.name}: last` : "last eval", num: true }));
+    if (MULTI) {
+      // One row per run (the last evaluation): an ablation may hold dozens of runs.
+      const columnsOf = (list) => ["run", ...list.map((key) => ({ label: key.slice(5), num: true }))];
+      const rowsOf = (list) => runs.map((run) => h("tr", { "data-run": run.name }, cell(runLabel(run)), list.map((key) => cell(run.last_eval[key], { "data-key": key }))));
+      node.append(table(columnsOf(main), rowsOf(main), { id: "held-out" }));
+      if (rest.length) node.append(h("details", {}, h("summary", {}, `${rest.length} more held-out metrics`), table(columnsOf(rest), rowsOf(rest), { id: "held-out-more" })));
+      return;
+    }
+    const columns = ["metric", { label: "first eval", num: true }, { label: "last eval", num: true }];
     const rows = (list) => list.map((key) => h("tr", { "data-key": key }, cell(key.slice(5)), runs.flatMap((run) => {
       const curve = run.metrics.curves[key];
       const first = curve && curve.x.length > 1 ? curve.y[0] : null;
@@ -684,7 +735,8 @@
     const scale = panel.scale || 1;
     const y = curve.y.map((v) => (isNum(v) ? v * scale : null));
     const isEval = key.startsWith("eval/");
-    return { label, color, x: curve.x, y, dash: isEval, points: isEval, smooth: panel.smooth && !isEval };
+    const legend = BY_GROUP && label.startsWith(run.name) ? label.replace(run.name, run.group) : null;
+    return { label, legend, color, x: curve.x, y, dash: isEval, points: isEval, smooth: panel.smooth && !isEval };
   }
 
   // The training curve of ``key`` and its held-out twin, when each was logged.
@@ -700,9 +752,10 @@
     const c = run.metrics.curves;
     const mean = c[`${prefix}_mean`], lo = c[`${prefix}_min`], hi = c[`${prefix}_max`];
     const align = (curve) => mean.x.map((x) => { const i = curve ? curve.x.indexOf(x) : -1; return i >= 0 ? curve.y[i] : null; });
-    const out = [{ label, color, x: mean.x, y: mean.y, band: { lo: align(lo), hi: align(hi) } }];
+    const legend = BY_GROUP ? run.group : null;
+    const out = [{ label, legend, color, x: mean.x, y: mean.y, band: { lo: align(lo), hi: align(hi) } }];
     const held = c[`eval/${prefix}_mean`];
-    if (held) out.push({ label: `${label} (held-out)`, color, x: held.x, y: held.y, dash: true, points: true });
+    if (held) out.push({ label: `${label} (held-out)`, legend: legend && `${legend} (held-out)`, color, x: held.x, y: held.y, dash: true, points: true });
     return out;
   }
 
@@ -806,7 +859,7 @@
     node.append(grid);
     const splits = Object.keys(summary.splits).filter((split) => summary.splits[split].pairs > 0);
     const categories = [...new Set(rows.map((row) => `${row.modality} · ${row.source}`))];
-    new BarChart(grid, { title: "Pairs by modality and source", categories,
+    if (categories.length * splits.length > 1) new BarChart(grid, { title: "Pairs by modality and source", categories,
       series: splits.map((split, i) => ({ label: split, color: PALETTE[i], values: categories.map((c) => { const row = rows.find((r) => r.split === split && `${r.modality} · ${r.source}` === c); return row ? row.pairs : 0; }) })) });
     const train = summary.splits.train || summary.splits[splits[0]];
     const calibrated = summary.calibration && summary.calibration !== "none";
