@@ -16,7 +16,7 @@ Steps, all on CPU, offline, seeded:
 Overrides: ``demo.<field>=value`` sets a :class:`DemoSettings` field; any other key sets the
 engine config of the alignment runs (``train.learning_rate=5e-4``, ``loss.kwargs.beta=1``).
 The run folder gets the SFT model, the data, one engine run folder per loss, the eval
-results, ``demo_results.json`` and ``plots/demo_evals.png``.
+results, ``demo_results.json``, ``plots/demo_evals.png`` and ``report.html``.
 """
 
 from __future__ import annotations
