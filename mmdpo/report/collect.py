@@ -26,7 +26,7 @@ CALIBRATION_FILE = "calibration.json"
 EVAL_DIR = "eval"
 # Eval labels that name the model before alignment; they come first in the tables.
 BASELINE_LABELS = ("before", "base", "sft", "reference", "baseline")
-SEARCH_DEPTH = 3
+SEARCH_DEPTH = 4  # an ablation: OUT/runs/<variant>/seed-<n>/train
 SKIP_DIRS = {CHECKPOINTS_DIR, "plots", "reference_cache", "__pycache__", EVAL_DIR}
 EVAL_EXAMPLES = 8  # records per benchmark shown with their answers under every label
 MAX_POINTS = 4000  # per curve; longer runs are averaged into this many buckets
@@ -63,9 +63,16 @@ def find_runs(root: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
 
 
 def run_names(paths: Sequence[Path]) -> list[str]:
-    """Short unique names: the last path parts, as many as it takes to tell runs apart."""
-    for parts in range(1, 6):
-        names = ["/".join(path.resolve().parts[-parts:]) for path in paths]
+    """Short unique names: the path endings that tell the runs apart, without the folder
+    names every run ends with (``dpo/seed-0`` for ``.../runs/dpo/seed-0/train``)."""
+    parts = [path.resolve().parts for path in paths]
+    if len(parts) > 1:
+        shared = 0
+        while all(len(p) > shared + 1 for p in parts) and len({p[-1 - shared] for p in parts}) == 1:
+            shared += 1
+        parts = [p[: len(p) - shared] for p in parts]
+    for count in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-count:]) for p in parts]
         if len(set(names)) == len(names):
             return names
     return [str(path) for path in paths]

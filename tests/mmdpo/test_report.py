@@ -281,6 +281,19 @@ def test_a_collection_overlays_its_runs_with_their_benchmarks(report_collection)
     assert pope["examples"][0]["answers"]["uni_dpo"] == {"response": "Yes.", "score": 1.0}
 
 
+def test_an_ablation_folder_names_runs_by_variant_and_seed(report_run, tmp_path):
+    from mmdpo.report.collect import run_names
+
+    for variant in ("dpo", "uni_dpo"):
+        for seed in (0, 1):
+            shutil.copytree(report_run, tmp_path / "runs" / variant / f"seed-{seed}" / "train")
+    (tmp_path / "shared").mkdir()
+    names = [run["name"] for run in collect([tmp_path])["runs"]]
+    assert names == ["dpo/seed-0", "dpo/seed-1", "uni_dpo/seed-0", "uni_dpo/seed-1"]
+    assert run_names([tmp_path / "a" / "run"]) == ["run"]
+    assert run_names([tmp_path / "x" / "run", tmp_path / "y" / "run"]) == ["x", "y"]
+
+
 def test_names_and_extra_tables_from_python(report_collection):
     table = {"title": "Ablation", "columns": ["variant", "acc"], "rows": [["dpo", 0.5]]}
     data = build_report([report_collection], names=["a", "b"], extra_tables=[table])
