@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from mmdpo.models.families import image_token_id, image_token_ids, is_vlm_config
 from mmdpo.models.quantization import (
     allow_cpu_inference_layout,
     keep_4bit_trainable,
@@ -28,16 +29,6 @@ from mmdpo.models.quantization import (
 
 KINDS = ("auto", "causal_lm", "vlm")
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# Config attributes that name a token standing for image (or video) content, by family:
-# Qwen2-VL/2.5-VL image/video/vision_start/end, LLaVA image_token_id (image_token_index in
-# older configs), Idefics3 image_token_id.
-IMAGE_TOKEN_ATTRIBUTES = (
-    "image_token_id",
-    "image_token_index",
-    "video_token_id",
-    "vision_start_token_id",
-    "vision_end_token_id",
-)
 
 
 @dataclass(frozen=True)
@@ -46,7 +37,7 @@ class ModelInfo:
 
     Attributes:
         name_or_path: what was loaded.
-        family: the config's ``model_type`` (``llama``, ``qwen2_vl``, ``llava``, ...).
+        family: the config's ``model_type`` (``mmdpo.models.families`` lists the VLM ones).
         is_vlm: loaded as an image-text-to-text model with a processor.
         quantization: ``none``, ``8bit`` or ``4bit``.
         dtype: dtype of the weights that are not quantized.
@@ -87,11 +78,6 @@ def _quiet_int8_cast_warning() -> None:
 
     once._mmdpo = True  # type: ignore[attr-defined]
     logger.addFilter(once)
-
-
-def is_vlm_config(config: Any) -> bool:
-    """A config with a ``vision_config`` belongs to a vision-language model."""
-    return getattr(config, "vision_config", None) is not None
 
 
 def require_safetensors(name_or_path: str | os.PathLike) -> None:
@@ -141,15 +127,6 @@ def _model_info(
     dtype: torch.dtype,
 ) -> ModelInfo:
     config = model.config
-    image_ids: list[int] = []
-    if is_vlm:
-        for attribute in IMAGE_TOKEN_ATTRIBUTES:
-            value = getattr(config, attribute, None)
-            if isinstance(value, int) and value not in image_ids:
-                image_ids.append(value)
-    image_token_id = getattr(config, "image_token_id", None)
-    if image_token_id is None:
-        image_token_id = getattr(config, "image_token_index", None)
     eos = list(_token_ids(tokenizer.eos_token_id))
     generation_config = getattr(model, "generation_config", None)
     for value in _token_ids(getattr(generation_config, "eos_token_id", None)):
@@ -161,8 +138,8 @@ def _model_info(
         is_vlm=is_vlm,
         quantization=quantization,
         dtype=dtype,
-        image_token_id=image_token_id if is_vlm else None,
-        image_token_ids=tuple(image_ids),
+        image_token_id=image_token_id(config) if is_vlm else None,
+        image_token_ids=image_token_ids(config) if is_vlm else (),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_ids=tuple(eos),
     )
