@@ -1,26 +1,22 @@
-"""Run setup: checks before any model is loaded, model and reference, optimizer and schedule."""
+"""Run setup: checks before any model is loaded, the model, optimizer and schedule.
+
+The reference is built in ``mmdpo.reference``."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from mmdpo.config import Config
-from mmdpo.data.collate import PreferenceCollator
-from mmdpo.forward import concatenated_forward
 from mmdpo.losses import LossSpec
 from mmdpo.models.loading import is_vlm_config, load_policy
 from mmdpo.models.lora import apply_lora
 from mmdpo.models.quantization import check_quantization_available
-from mmdpo.models.reference import freeze
-from mmdpo.objective import ReferenceModel, adapter_disabled
 from mmdpo.process import is_main_process
-from mmdpo.reference_cache import ReferenceCache, pair_key
-from mmdpo.types import PreferenceSample, TokenizedPair
+from mmdpo.reference import mode_problem
+from mmdpo.types import PreferenceSample
 
 
 class SetupError(ValueError):
@@ -50,16 +46,9 @@ def _is_vlm(config: Config, model_config: Any) -> bool:
 def check_run(config: Config, spec: LossSpec, samples: list[PreferenceSample]) -> None:
     """Refuse wrong combinations with a clear message, before any weights are loaded."""
     mode = config.reference.mode
-    if not spec.needs_reference and mode == "precomputed":
-        raise SetupError(
-            f"reference.mode=precomputed: loss {spec.name!r} is reference-free; "
-            "set reference.mode=none"
-        )
-    if spec.needs_reference and mode == "none":
-        raise SetupError(
-            f"reference.mode=none: loss {spec.name!r} needs a reference; use adapter_off, "
-            "model or precomputed"
-        )
+    problem = mode_problem(mode, spec)
+    if problem:
+        raise SetupError(problem)
     check_quantization_available(config.model.quantization)
     if mode == "model":
         check_quantization_available(config.reference.quantization)
@@ -130,96 +119,6 @@ def load_model_for_training(config: Config) -> Any:
         freeze_vision_tower=lora.freeze_vision_tower,
         freeze_projector=lora.freeze_projector,
     )
-
-
-def reference_identity(config: Config) -> str:
-    """What makes reference log-probs reusable: the model, its precision, the length limit."""
-    name = config.reference.model or config.model.name_or_path
-    quant = config.reference.quantization if config.reference.model else config.model.quantization
-    return f"{name}|{quant}|{config.model.dtype}|{config.model.quant_type}"
-
-
-def prepare_reference(
-    config: Config,
-    spec: LossSpec,
-    policy: Any,
-    pairs: list[TokenizedPair],
-    collate: PreferenceCollator,
-    run_dir: Path,
-    accelerator: Any,
-) -> ReferenceModel | None:
-    """Build the reference the run's mode asks for; ``precomputed`` fills its cache here."""
-    mode = config.reference.mode
-    if not spec.needs_reference:
-        return None
-    if mode == "adapter_off":
-        return ReferenceModel(mode, policy=policy)
-    if mode == "model":
-        ref, _, _ = load_policy(
-            config.reference.model or config.model.name_or_path,
-            kind=config.model.kind,
-            quantization=config.reference.quantization,
-            dtype=config.model.dtype,
-            trust_remote_code=config.model.trust_remote_code,
-            prepare_for_training=False,
-        )
-        if config.reference.quantization == "none":
-            ref = ref.to(accelerator.device)  # bitsandbytes places quantized models itself
-        return ReferenceModel(mode, model=freeze(ref))
-    cache = ReferenceCache(config.reference.cache_dir or run_dir / "reference_cache")
-    identity = reference_identity(config)
-    keys = {pair.id: pair_key(pair, identity) for pair in pairs}
-    todo = [pair for pair in pairs if keys[pair.id] not in cache]
-    if todo:
-        # One process computes the cache and writes it; the others read it (no rank does the
-        # pass a second time).
-        if accelerator.is_main_process:
-            fill_reference_cache(config, policy, todo, keys, cache, collate, accelerator)
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            cache = ReferenceCache(cache.folder)
-    return ReferenceModel(mode, cache=cache, keys_by_id=keys)
-
-
-@torch.no_grad()
-def fill_reference_cache(
-    config: Config,
-    policy: Any,
-    pairs: list[TokenizedPair],
-    keys: dict[str, str],
-    cache: ReferenceCache,
-    collate: PreferenceCollator,
-    accelerator: Any,
-) -> None:
-    """One pass of the reference (the base: adapter off, or the policy itself) over ``pairs``."""
-    use_adapter_off = hasattr(policy, "disable_adapter")
-    if not getattr(policy, "hf_device_map", None):  # bitsandbytes models are placed already
-        policy.to(accelerator.device)
-    was_training = policy.training
-    policy.eval()
-    batch_size = max(1, config.train.batch_size)
-    steps = math.ceil(len(pairs) / batch_size)
-    for start in tqdm(
-        range(0, len(pairs), batch_size),
-        total=steps,
-        desc="reference log-probs",
-        disable=not (config.train.progress and accelerator.is_main_process),
-    ):
-        chunk = pairs[start : start + batch_size]
-        batch = collate(chunk).to(accelerator.device)
-        with accelerator.autocast():
-            if use_adapter_off:
-                with adapter_disabled(policy):
-                    out = concatenated_forward(policy, batch)
-            else:
-                out = concatenated_forward(policy, batch)
-        table = torch.stack(
-            [out.chosen_sum, out.rejected_sum, out.chosen_tokens, out.rejected_tokens], 1
-        )
-        cache.add([keys[p.id] for p in chunk], table)
-    policy.train(was_training)
-    if accelerator.is_main_process:
-        cache.save()
 
 
 def build_optimizer(config: Config, model: Any) -> torch.optim.Optimizer:

@@ -30,6 +30,7 @@ from mmdpo.data.pipeline import (
     tokenize_samples,
 )
 from mmdpo.data.transform import PairTransform, TransformSettings
+from mmdpo.forward import unwrap
 from mmdpo.losses import get_loss
 from mmdpo.metrics import (
     MetricsAccumulator,
@@ -43,14 +44,14 @@ from mmdpo.metrics_log import (
     plot_metrics,
 )
 from mmdpo.models.quantization import assert_4bit_trainable
-from mmdpo.objective import ReferenceModel, compute_objective, unwrap
+from mmdpo.objective import compute_objective
+from mmdpo.reference import ReferenceModel, build_reference, precompute_reference
 from mmdpo.setup import (
     build_optimizer,
     build_scheduler,
     check_run,
     load_model_for_training,
     load_processing,
-    prepare_reference,
 )
 from mmdpo.sharding import sharding_for
 from mmdpo.types import PreferenceSample, TokenizedPair
@@ -303,7 +304,8 @@ class _Loop:
         )
         model = load_model_for_training(config)
         pairs = data.train_pairs + data.eval_pairs
-        self.reference = prepare_reference(
+        # Before accelerate wraps the model (one process runs the pass, see mmdpo.reference).
+        precomputed = precompute_reference(
             config, spec, model, pairs, data.collate, run_dir, accelerator
         )
         assert_4bit_trainable(model)  # the precompute pass ran it in eval mode without grad
@@ -327,10 +329,7 @@ class _Loop:
             ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
             ds_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        if self.reference is not None and self.reference.mode == "adapter_off":
-            # Through accelerate's wrapper, not the module inside it: under FSDP the root unit's
-            # weights (embeddings, output layer) are gathered only by the wrapper's forward.
-            self.reference.policy = self.model
+        self.reference = build_reference(config, spec, self.model, accelerator, precomputed)
         # FSDP / DeepSpeed ZeRO: weights gathered by every process, optimizer state per process.
         self.sharding = sharding_for(accelerator, self.model)
         self.start_step = self.skipped = 0

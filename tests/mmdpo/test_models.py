@@ -13,13 +13,12 @@ import mmdpo.models.quantization as quantization
 from mmdpo.models import (
     apply_lora,
     check_quantization_available,
-    freeze,
     load_policy,
     lora_target_modules,
     make_quantization_config,
-    reference_context,
 )
 from mmdpo.models.lora import module_part
+from mmdpo.reference import freeze, reference_context
 from mmdpo.tiny.text import save_tiny_causal_lm
 from mmdpo.tiny.tokenizer import build_tokenizer
 from mmdpo.tiny.vision import save_tiny_vlm, tiny_vlm_config_and_processor
