@@ -5,13 +5,15 @@ The reference is built in ``mmdpo.reference``."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mmdpo.config import Config
 from mmdpo.losses import LossSpec
-from mmdpo.models.loading import is_vlm_config, load_policy
+from mmdpo.models.families import UnknownFamilyError, get_family, is_vlm_config
+from mmdpo.models.loading import load_policy, processing_from_pretrained
 from mmdpo.models.lora import apply_lora
 from mmdpo.models.quantization import check_quantization_available
 from mmdpo.process import is_main_process
@@ -23,11 +25,29 @@ class SetupError(ValueError):
     """A combination of settings and data that cannot run; found before loading any model."""
 
 
-def _model_config(config: Config) -> Any:
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a run knows of its model before any weights load; decided once per run.
+
+    Attributes:
+        config: the model's transformers config (read once, handed to the loader).
+        is_vlm: ``model.kind``, or for ``auto`` whether the config has a vision config.
+    """
+
+    config: Any
+    is_vlm: bool
+
+    @property
+    def model_type(self) -> str:
+        return getattr(self.config, "model_type", "") or ""
+
+
+def model_facts(config: Config) -> ModelFacts:
+    """Read the model's config once; decide whether it is an image-text model."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(
+        model_config = AutoConfig.from_pretrained(
             config.model.name_or_path, trust_remote_code=config.model.trust_remote_code
         )
     except (OSError, ValueError) as err:
@@ -35,15 +55,18 @@ def _model_config(config: Config) -> Any:
             f"model.name_or_path: cannot read the config of {config.model.name_or_path!r} "
             f"({err}). Give a local folder, or a hub id while online."
         ) from None
-
-
-def _is_vlm(config: Config, model_config: Any) -> bool:
-    """The configured kind, or for ``auto`` whether the model config has a vision config."""
     kind = config.model.kind
-    return kind == "vlm" or (kind == "auto" and is_vlm_config(model_config))
+    return ModelFacts(
+        model_config, kind == "vlm" or (kind == "auto" and is_vlm_config(model_config))
+    )
 
 
-def check_run(config: Config, spec: LossSpec, samples: list[PreferenceSample]) -> None:
+def check_run(
+    config: Config,
+    spec: LossSpec,
+    samples: list[PreferenceSample],
+    facts: ModelFacts | None = None,
+) -> None:
     """Refuse wrong combinations with a clear message, before any weights are loaded."""
     mode = config.reference.mode
     problem = mode_problem(mode, spec)
@@ -54,14 +77,8 @@ def check_run(config: Config, spec: LossSpec, samples: list[PreferenceSample]) -
         check_quantization_available(config.reference.quantization)
     if not samples:
         raise SetupError("data.train: no training samples")
-    with_images = [s.id for s in samples if s.images or s.rejected_images]
-    model_config = _model_config(config)
-    is_vlm = _is_vlm(config, model_config)
-    if with_images and not is_vlm:
-        raise SetupError(
-            f"data: {len(with_images)} sample(s) have images (e.g. {with_images[0]}) but "
-            f"{config.model.name_or_path!r} ({model_config.model_type}) is a text-only model"
-        )
+    facts = facts or model_facts(config)
+    _check_images(config, samples, facts)
     no_scores = not any(s.has_scores for s in samples)
     if "score_chosen" in spec.extra_inputs and no_scores and is_main_process():
         print(
@@ -70,29 +87,39 @@ def check_run(config: Config, spec: LossSpec, samples: list[PreferenceSample]) -
         )
 
 
-def load_processing(config: Config) -> tuple[Any, bool]:
+def _check_images(config: Config, samples: list[PreferenceSample], facts: ModelFacts) -> None:
+    """Images need an image-text model of a family the engine knows how to drive."""
+    with_images = [s.id for s in samples if s.images or s.rejected_images]
+    if with_images and not facts.is_vlm:
+        raise SetupError(
+            f"data: {len(with_images)} sample(s) have images (e.g. {with_images[0]}) but "
+            f"{config.model.name_or_path!r} ({facts.model_type}) is a text-only model"
+        )
+    if with_images:
+        try:
+            get_family(facts.model_type)
+        except UnknownFamilyError as err:
+            raise SetupError(f"model.name_or_path: {config.model.name_or_path!r}: {err}") from None
+
+
+def load_processing(config: Config, facts: ModelFacts | None = None) -> tuple[Any, bool]:
     """The tokenizer (text) or processor (VLM), without loading any weights."""
-    from transformers import AutoProcessor, AutoTokenizer
-
-    model_config = _model_config(config)
-    is_vlm = _is_vlm(config, model_config)
-    remote = config.model.trust_remote_code
-    if is_vlm:
-        processing = AutoProcessor.from_pretrained(
-            config.model.name_or_path, trust_remote_code=remote
-        )
-        tokenizer = processing.tokenizer
-    else:
-        processing = tokenizer = AutoTokenizer.from_pretrained(
-            config.model.name_or_path, trust_remote_code=remote
-        )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return processing, is_vlm
+    facts = facts or model_facts(config)
+    processing = processing_from_pretrained(
+        config.model.name_or_path,
+        is_vlm=facts.is_vlm,
+        trust_remote_code=config.model.trust_remote_code,
+    )
+    return processing, facts.is_vlm
 
 
-def load_model_for_training(config: Config) -> Any:
-    """The policy, quantized as configured, with a fresh LoRA adapter when enabled."""
+def load_model_for_training(
+    config: Config, facts: ModelFacts | None = None, processing: Any = None
+) -> Any:
+    """The policy, quantized as configured, with a fresh LoRA adapter when enabled.
+
+    ``facts`` and ``processing``: what the run has read already (not read a second time).
+    """
     m = config.model
     model, _, _ = load_policy(
         m.name_or_path,
@@ -105,6 +132,8 @@ def load_model_for_training(config: Config) -> Any:
         attn_implementation=m.attn_implementation,
         prepare_for_training=True,
         gradient_checkpointing=m.gradient_checkpointing,
+        model_config=facts.config if facts is not None else None,
+        processing=processing,
     )
     if not config.lora.enabled:
         return model

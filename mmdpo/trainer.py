@@ -47,11 +47,13 @@ from mmdpo.models.quantization import assert_4bit_trainable
 from mmdpo.objective import compute_objective
 from mmdpo.reference import ReferenceModel, build_reference, precompute_reference
 from mmdpo.setup import (
+    ModelFacts,
     build_optimizer,
     build_scheduler,
     check_run,
     load_model_for_training,
     load_processing,
+    model_facts,
 )
 from mmdpo.sharding import sharding_for
 from mmdpo.types import PreferenceSample, TokenizedPair
@@ -203,7 +205,8 @@ def train(
         hyperparams = spec.resolve_kwargs(config.loss.kwargs)
     except ValueError as err:
         raise ConfigError(f"loss: {err}") from None
-    check_run(config, spec, train_samples + list(eval_samples or []))
+    facts = model_facts(config)  # the model's config, read once for the whole run
+    check_run(config, spec, train_samples + list(eval_samples or []), facts)
 
     # One process may train several runs (demo --compare, tests) with different precisions;
     # the process-group state (PartialState) is kept.
@@ -227,7 +230,9 @@ def train(
         save_config(config, run_dir / "config.yaml")
     set_seed(config.train.seed)
 
-    data = _prepare_data(config, accelerator, run_dir, resume_from, train_samples, eval_samples)
+    data = _prepare_data(
+        config, accelerator, run_dir, resume_from, train_samples, eval_samples, facts
+    )
     loop = _Loop(config, accelerator, data, spec, hyperparams, run_dir)
     if resume_from is not None:
         loop.resume(resume_from)
@@ -240,6 +245,8 @@ class _Data:
     train_pairs: list[TokenizedPair]
     eval_pairs: list[TokenizedPair]
     collate: PreferenceCollator
+    facts: ModelFacts
+    processing: Any
 
 
 def _prepare_data(
@@ -249,6 +256,7 @@ def _prepare_data(
     resume_from: Path | None,
     train_samples: list[PreferenceSample],
     eval_samples: list[PreferenceSample] | None,
+    facts: ModelFacts | None = None,
 ) -> _Data:
     """Calibrated scores (fitted, or the checkpoint's on resume), tokenized pairs, collator."""
     main = accelerator.is_main_process
@@ -259,7 +267,8 @@ def _prepare_data(
         calibration.save(run_dir / "calibration.json")
         print(format_groups(calibration))  # what was pooled into one score scale, and how
 
-    processing, is_vlm = load_processing(config)
+    facts = facts or model_facts(config)
+    processing, is_vlm = load_processing(config, facts)
     if is_vlm and accelerator.distributed_type == "FSDP":  # accelerate's DistributedType.FSDP
         raise ConfigError(
             "image-text models do not run under FSDP yet: the engine encodes each pair's images "
@@ -280,7 +289,7 @@ def _prepare_data(
         pad_id if pad_id is not None else transform.eos_token_id,
         restore=functools.partial(restore_images, transform=transform),
     )
-    return _Data(calibration, train_pairs, eval_pairs, collate)
+    return _Data(calibration, train_pairs, eval_pairs, collate, facts, processing)
 
 
 class _Loop:
@@ -302,7 +311,7 @@ class _Loop:
             if config.loss.length_normalized is None
             else bool(config.loss.length_normalized)
         )
-        model = load_model_for_training(config)
+        model = load_model_for_training(config, data.facts, data.processing)
         pairs = data.train_pairs + data.eval_pairs
         # Before accelerate wraps the model (one process runs the pass, see mmdpo.reference).
         precomputed = precompute_reference(
