@@ -400,7 +400,25 @@ def run_pairs(args: argparse.Namespace) -> int:
     write_samples(samples, args.out, inputs=[args.prompts], overwrite=args.overwrite)
     if args.save_responses:
         _write_responses(Path(outputs[2]), items, responses, scores)
-    report = {
+    report = _report(args, spec, base, adapter, counts, stats)
+    Path(outputs[1]).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(format_report(counts))
+    if not samples:
+        print(f"note: no pair was built, so {args.out} is empty (see the counts above)")
+    print(f"wrote {args.out} and {outputs[1]}")
+    return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    spec: Any,
+    base: str,
+    adapter: str | None,
+    counts: dict[str, Any],
+    stats: dict[str, Any],
+) -> dict[str, Any]:
+    """OUT.report.json: the settings, the counts and the generation statistics."""
+    return {
         "prompts_file": str(args.prompts),
         "out": str(args.out),
         "model": str(args.model),
@@ -417,12 +435,6 @@ def run_pairs(args: argparse.Namespace) -> int:
         "counts": counts,
         "generation": stats,
     }
-    Path(outputs[1]).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(format_report(counts))
-    if not samples:
-        print(f"note: no pair was built, so {args.out} is empty (see the counts above)")
-    print(f"wrote {args.out} and {outputs[1]}")
-    return 0
 
 
 def format_report(counts: dict[str, Any]) -> str:

@@ -47,3 +47,18 @@ def test_image_count_is_one_per_encoded_feature(family, session_tokenizer):
     with torch.no_grad():
         features = encode_images(model.eval(), batch.image_inputs)
     assert image_count(pair.image_inputs) == len(features) == len(batch.image_pairs)
+
+
+def test_images_for_a_family_without_an_entry_are_refused_before_loading(
+    tiny_vlm_dir, tmp_path, monkeypatch
+):
+    from mmdpo.losses import get_loss
+    from mmdpo.setup import SetupError, check_run
+    from tests.fixtures import make_config
+
+    monkeypatch.delitem(FAMILIES, "llava")
+    config = make_config(tiny_vlm_dir("llava"), tmp_path / "run")
+    sample = PreferenceSample("v", "What?", "A.", "B.", images=[random_image(0)])
+    with pytest.raises(SetupError, match="'llava': supported families are qwen2_vl, qwen2_5_vl"):
+        check_run(config, get_loss("uni_dpo"), [sample])
+    check_run(config, get_loss("uni_dpo"), [PreferenceSample("t", "What?", "A.", "B.")])
