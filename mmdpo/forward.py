@@ -7,7 +7,7 @@ two-row one and reuse the first:
    on the rejected side's own images of image-contrastive pairs) and splits the features by
    pair; :func:`vision_kwargs` hands each row its images' features through transformers'
    ``mm_encoder_outputs`` argument, so the language model merges them at the image tokens as
-   usual (and Qwen2-VL computes its 3D positions from ``input_ids``). What differs by model
+   usual (models with 3D rotary positions compute them from ``input_ids``). What differs by model
    family is in ``mmdpo.models.families``. Peers pass ``pixel_values`` for each row and encode
    every image twice.
 2. the two-row layout: chosen rows then rejected rows (:func:`forward_logits`,
@@ -71,7 +71,7 @@ class ImageFeatures:
     """The encoded images of one side of one pair, in prompt order.
 
     Attributes:
-        features: one (image tokens, hidden) tensor per image (or Idefics3 tile).
+        features: one (image tokens, hidden) tensor per image (or image tile).
         inputs: the per-image rows of the processor tensors that the language model's forward
             needs too (the family's ``per_image_inputs``, e.g. ``image_grid_thw``).
     """

@@ -13,7 +13,7 @@ from mmdpo.types import PreferenceBatch, TokenizedPair
 
 
 def _concat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate on dim 0, zero-padding the other dims to the largest (Idefics3 tiles)."""
+    """Concatenate on dim 0, zero-padding the other dims to the largest (image tiles)."""
     if len({t.shape[1:] for t in tensors}) > 1:
         target = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
         padded = []

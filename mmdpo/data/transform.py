@@ -168,7 +168,8 @@ class PairTransform:
         image_inputs = {
             k: v for k, v in out.items() if k not in _PER_TOKEN_KEYS and isinstance(v, torch.Tensor)
         }
-        # Idefics3 returns (1, n_images, ...): drop the batch dim so images concatenate on dim 0.
+        # Processors that batch images per text return (1, n_images, ...): drop the batch dim so
+        # that images concatenate on dim 0.
         for key, batched_dims in (("pixel_values", 5), ("pixel_attention_mask", 4)):
             value = image_inputs.get(key)
             if value is not None and value.dim() == batched_dims:

@@ -2,7 +2,7 @@
 
 A module is classified by the components of its dotted name, against the vision-tower and
 projector names of every family in ``mmdpo.models.families`` (projector names win, since
-Qwen's merger sits inside the tower), so families laid out the same way need no new names.
+a merger may sit inside the tower), so families laid out the same way need no new names.
 """
 
 from __future__ import annotations

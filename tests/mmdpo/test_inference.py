@@ -14,6 +14,7 @@ from mmdpo.generation import cut_at_stop, render_prompt
 from mmdpo.generation import encode_batch as _encode_batch
 from mmdpo.inference import InferenceModel, margin_settings
 from mmdpo.models.loading import load_policy
+from mmdpo.tiny import VLM_FAMILIES
 
 PROMPTS = [
     "What is 2 plus 3?",
@@ -85,7 +86,7 @@ def test_stop_strings_cut_the_response(tiny_llama):
     assert cut_stats["new_tokens"] < full_stats["new_tokens"], "generation stopped early"
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_vlm_generates_for_pope_items_with_images(tiny_vlm_dir, family):
     model, processor, info = load_policy(tiny_vlm_dir(family), prepare_for_training=False)
     assert info.is_vlm
