@@ -44,7 +44,8 @@ def mmdpo_first_batch(spec: dict[str, Any]) -> dict[str, Any]:
     from mmdpo.data.transform import PairTransform, TransformSettings
     from mmdpo.losses import get_loss
     from mmdpo.objective import compute_objective
-    from mmdpo.setup import load_model_for_training, load_processing, prepare_reference
+    from mmdpo.reference import build_reference, precompute_reference
+    from mmdpo.setup import load_model_for_training, load_processing
 
     out_dir = Path(spec["work_dir"]) / "check-mmdpo"
     config = runners.mmdpo_config(spec, out_dir)
@@ -56,7 +57,8 @@ def mmdpo_first_batch(spec: dict[str, Any]) -> dict[str, Any]:
     collate = PreferenceCollator(transform.tokenizer.pad_token_id)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model = load_model_for_training(config).to(accelerator.device)
-    reference = prepare_reference(config, loss, model, pairs, collate, out_dir, accelerator)
+    precomputed = precompute_reference(config, loss, model, pairs, collate, out_dir, accelerator)
+    reference = build_reference(config, loss, model, accelerator, precomputed)
     set_adapter(model)
     model.train()
     batch = collate(pairs).to(accelerator.device)

@@ -238,7 +238,6 @@ def open_image(image: Any, where: str) -> Any:
         return image
     if not Path(image).is_file():
         raise FileNotFoundError(f"{where}: image {image} not found")
-    from PIL import Image
+    from mmdpo.images import open_image as open_any
 
-    with Image.open(image) as opened:
-        return opened.convert("RGB")
+    return open_any(image)

@@ -1,15 +1,22 @@
 """One forward per micro-batch for the chosen and rejected rows together; images encoded once.
 
-For image pairs the vision encoder runs once on each pair's images (``get_image_features``);
-the per-image features are then handed to the model for both the chosen row and the rejected
-row through transformers' ``mm_encoder_outputs`` argument, so the language model merges them
-at the image tokens as usual (and Qwen2-VL computes its 3D positions from ``input_ids``).
-Peers pass ``pixel_values`` for each row and encode every image twice.
+Two steps, so that another row layout (a shared prompt, packed rows) can sit beside the
+two-row one and reuse the first:
+
+1. images: :func:`encode_pair_images` runs the vision encoder once on each pair's images (and
+   on the rejected side's own images of image-contrastive pairs) and splits the features by
+   pair; :func:`vision_kwargs` hands each row its images' features through transformers'
+   ``mm_encoder_outputs`` argument, so the language model merges them at the image tokens as
+   usual (models with 3D rotary positions compute them from ``input_ids``). What differs by model
+   family is in ``mmdpo.models.families``. Peers pass ``pixel_values`` for each row and encode
+   every image twice.
+2. the two-row layout: chosen rows then rejected rows (:func:`forward_logits`,
+   :func:`concatenated_forward`), sequence log-probs split into :class:`PairLogps`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,9 +26,8 @@ from mmdpo.logprobs import (
     selected_sequence_logps,
     sequence_logps,
 )
+from mmdpo.models.families import VLMFamily, family_of
 from mmdpo.types import PreferenceBatch
-
-QWEN_VL_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
 
 @dataclass
@@ -57,92 +63,117 @@ def unwrap(model: Any) -> Any:
     return model
 
 
-def model_family(model: Any) -> str:
-    """The ``model_type`` of a (possibly PEFT-wrapped) model's config."""
-    return getattr(getattr(model, "config", None), "model_type", "") or ""
+# ---------------------------------------------------------------------------- images, once
+
+
+@dataclass
+class ImageFeatures:
+    """The encoded images of one side of one pair, in prompt order.
+
+    Attributes:
+        features: one (image tokens, hidden) tensor per image (or image tile).
+        inputs: the per-image rows of the processor tensors that the language model's forward
+            needs too (the family's ``per_image_inputs``, e.g. ``image_grid_thw``).
+    """
+
+    features: list[torch.Tensor] = field(default_factory=list)
+    inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class PairImages:
+    """Every pair's encoded images, independent of how pairs are laid out in rows.
+
+    Attributes:
+        prompt: per pair, the features of its prompt's images (empty for a text pair).
+        rejected: per pair, the features of the rejected side's own images, or None when the
+            rejected response shares the prompt's images.
+    """
+
+    prompt: list[ImageFeatures]
+    rejected: list[ImageFeatures | None]
+
+    def rejected_side(self, pair: int) -> ImageFeatures:
+        """The images the rejected response of ``pair`` is conditioned on."""
+        own = self.rejected[pair]
+        return own if own is not None else self.prompt[pair]
 
 
 def encode_images(model: Any, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Run the vision encoder once; one feature tensor (tokens, hidden) per image."""
-    family = model_family(model)
-    config = model.config
-    if family in QWEN_VL_FAMILIES:
-        out = model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-    elif family == "llava":
-        out = model.get_image_features(
-            pixel_values=inputs["pixel_values"],
-            vision_feature_layer=config.vision_feature_layer,
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
-        )
-    elif family == "idefics3":
-        # One image per "sample" so that the features come back split per image.
-        mask = inputs.get("pixel_attention_mask")
-        out = model.get_image_features(
-            inputs["pixel_values"].unsqueeze(1), None if mask is None else mask.unsqueeze(1)
-        )
-    else:
-        raise ValueError(
-            f"image inputs for model family {family!r}: supported families are "
-            "qwen2_vl, qwen2_5_vl, llava, idefics3"
-        )
-    features = out.pooler_output if hasattr(out, "pooler_output") else out
-    return list(features)
+    """Run the vision encoder once; one feature tensor (tokens, hidden) per image.
+
+    Raises:
+        UnknownFamilyError: the model's family has no entry in ``mmdpo.models.families``.
+    """
+    model = unwrap(model)
+    return family_of(model).encode_images(model, inputs)
 
 
-def _per_pair(features: list[torch.Tensor], owners: torch.Tensor, n_pairs: int) -> list[list[int]]:
-    by_pair: list[list[int]] = [[] for _ in range(n_pairs)]
+def _encode_by_pair(
+    family: VLMFamily, model: Any, inputs: dict[str, torch.Tensor], owners: torch.Tensor, n: int
+) -> list[ImageFeatures]:
+    """Run the encoder once on the images of a batch; split the features by pair."""
+    features = family.encode_images(model, inputs)
+    by_pair = [ImageFeatures() for _ in range(n)]
     for image_index, pair in enumerate(owners.tolist()):
-        by_pair[pair].append(image_index)
+        by_pair[pair].features.append(features[image_index])
+        for key in family.per_image_inputs:
+            by_pair[pair].inputs.setdefault(key, []).append(inputs[key][image_index])
     return by_pair
 
 
-def _vision_kwargs(model: Any, batch: PreferenceBatch) -> dict[str, Any]:
-    """Keyword arguments that give each of the 2B rows its images' features, encoded once.
+def encode_pair_images(model: Any, batch: PreferenceBatch) -> PairImages:
+    """Each image of the batch through the vision encoder once: the prompt's images, then the
+    rejected sides' own images (image-contrastive pairs), split by pair."""
+    model = unwrap(model)
+    family = family_of(model)
+    n = batch.num_pairs
+    prompt = [ImageFeatures() for _ in range(n)]
+    if batch.image_inputs:
+        prompt = _encode_by_pair(family, model, batch.image_inputs, batch.image_pairs, n)
+    rejected: list[ImageFeatures | None] = [None] * n
+    if batch.rejected_image_inputs:
+        own = _encode_by_pair(
+            family, model, batch.rejected_image_inputs, batch.rejected_image_pairs, n
+        )
+        rejected = [side if side.features else None for side in own]
+    return PairImages(prompt, rejected)
 
-    The encoder runs on the module inside a DDP wrapper (which has neither ``config`` nor
+
+def vision_kwargs(model: Any, rows: list[ImageFeatures], input_ids: torch.Tensor) -> dict[str, Any]:
+    """Forward keyword arguments that give each row the features of its images.
+
+    ``rows[r]`` holds the images of row ``r`` of ``input_ids``, in the order of its image
+    tokens. The features enter through transformers' ``mm_encoder_outputs``, so the model
+    merges them at the image tokens as usual; the family adds what else its forward needs.
+    The encoder ran on the module inside a DDP wrapper (which has neither ``config`` nor
     ``get_image_features``); the features then enter the wrapper's forward as inputs, so the
     projector's gradients still reach DDP's all-reduce hooks in the backward.
     """
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    model = unwrap(model)
-
-    n_pairs = batch.num_pairs
-    features: list[torch.Tensor] = []
-    grids: list[torch.Tensor] = []
-    prompt_feats = encode_images(model, batch.image_inputs) if batch.image_inputs else []
-    prompt_owned = (
-        _per_pair(prompt_feats, batch.image_pairs, n_pairs) if prompt_feats else [[]] * n_pairs
-    )
-    rejected_feats: list[torch.Tensor] = []
-    rejected_owned: list[list[int]] = [[] for _ in range(n_pairs)]
-    if batch.rejected_image_inputs:
-        rejected_feats = encode_images(model, batch.rejected_image_inputs)
-        rejected_owned = _per_pair(rejected_feats, batch.rejected_image_pairs, n_pairs)
-    prompt_grid = (batch.image_inputs or {}).get("image_grid_thw")
-    rejected_grid = (batch.rejected_image_inputs or {}).get("image_grid_thw")
-
-    for pair in range(n_pairs):  # chosen rows
-        features += [prompt_feats[i] for i in prompt_owned[pair]]
-        if prompt_grid is not None:
-            grids += [prompt_grid[i] for i in prompt_owned[pair]]
-    for pair in range(n_pairs):  # rejected rows: their own images when they have them
-        if rejected_owned[pair]:
-            features += [rejected_feats[i] for i in rejected_owned[pair]]
-            grids += [rejected_grid[i] for i in rejected_owned[pair]]
-        else:
-            features += [prompt_feats[i] for i in prompt_owned[pair]]
-            if prompt_grid is not None:
-                grids += [prompt_grid[i] for i in prompt_owned[pair]]
-
+    inner = unwrap(model)
+    family = family_of(inner)
+    features = [feature for row in rows for feature in row.features]
+    per_image = {
+        key: [value for row in rows for value in row.inputs.get(key, [])]
+        for key in family.per_image_inputs
+    }
     kwargs: dict[str, Any] = {
         "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)}
     }
-    if model_family(model) in QWEN_VL_FAMILIES:
-        image_token_id = model.config.image_token_id
-        kwargs["image_grid_thw"] = torch.stack(grids)
-        kwargs["mm_token_type_ids"] = (batch.input_ids == image_token_id).to(torch.int)
+    kwargs.update(family.forward_extras(inner.config, input_ids, per_image))
     return kwargs
+
+
+# ---------------------------------------------------------------------------- the two-row layout
+
+
+def two_row_images(images: PairImages) -> list[ImageFeatures]:
+    """The images of each of the 2B rows: chosen rows 0..B-1 see the prompt's images,
+    rejected rows B..2B-1 their own images when they have them, else the prompt's."""
+    n = len(images.prompt)
+    return list(images.prompt) + [images.rejected_side(pair) for pair in range(n)]
 
 
 def forward_logits(
@@ -155,49 +186,10 @@ def forward_logits(
     """
     kwargs: dict[str, Any] = {}
     if batch.image_inputs or batch.rejected_image_inputs:
-        kwargs = _vision_kwargs(model, batch)
+        rows = two_row_images(encode_pair_images(model, batch))
+        kwargs = vision_kwargs(model, rows, batch.input_ids)
     if logits_to_keep is not None:
         kwargs["logits_to_keep"] = logits_to_keep
-    out = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **kwargs
-    )
-    return out.logits
-
-
-def naive_forward_logits(model: Any, batch: PreferenceBatch) -> torch.Tensor:
-    """Reference implementation: pixel values passed for every row, images encoded twice.
-
-    Used only in tests to show that :func:`forward_logits` gives the same numbers.
-    """
-    kwargs: dict[str, Any] = {}
-    if batch.image_inputs:
-        if batch.rejected_image_inputs:
-            raise NotImplementedError("the naive forward covers shared images only")
-        inputs = batch.image_inputs
-        family = model_family(model)
-        if family in QWEN_VL_FAMILIES:
-            grid = inputs["image_grid_thw"]
-            patches = grid.prod(-1).tolist()
-            chunks = list(torch.split(inputs["pixel_values"], patches))
-            kwargs["pixel_values"] = torch.cat(chunks + chunks)
-            kwargs["image_grid_thw"] = torch.cat([grid, grid])
-            kwargs["mm_token_type_ids"] = (batch.input_ids == model.config.image_token_id).int()
-        elif family == "idefics3":
-            # (2B rows, max images per row, C, H, W), zero images as padding (the model drops
-            # all-zero images): each row gets its own pair's images.
-            for key in ("pixel_values", "pixel_attention_mask"):
-                if key not in inputs:
-                    continue
-                rows = [
-                    inputs[key][batch.image_pairs == (row % batch.num_pairs)]
-                    for row in range(2 * batch.num_pairs)
-                ]
-                most = max(r.shape[0] for r in rows)
-                kwargs[key] = torch.stack(
-                    [torch.cat([r, r.new_zeros((most - r.shape[0], *r.shape[1:]))]) for r in rows]
-                )
-        else:
-            kwargs["pixel_values"] = torch.cat([inputs["pixel_values"]] * 2)
     out = model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **kwargs
     )

@@ -1,67 +1,17 @@
-"""The per-batch objective: policy forward, reference log-probs, and the loss, in one place."""
+"""The per-batch objective: policy forward, reference log-probs (``mmdpo.reference``) and the
+loss, in one place."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from mmdpo.forward import PairLogps, concatenated_forward, unwrap
+from mmdpo.forward import PairLogps, concatenated_forward
 from mmdpo.losses import LossSpec
-from mmdpo.models.reference import reference_context
-from mmdpo.reference_cache import ReferenceCache
+from mmdpo.reference import ReferenceModel
 from mmdpo.types import LossOutput, PreferenceBatch
-
-
-class ReferenceModel:
-    """Reference log-probs for a batch, whichever way the run gets them.
-
-    Modes:
-        adapter_off: the policy with its LoRA adapter switched off (no second copy). Give the
-            policy as ``accelerator.prepare`` returned it: under FSDP the forward must run
-            through the wrapper, which gathers the root unit's weights.
-        model: a separate frozen model.
-        precomputed: looked up in a :class:`ReferenceCache` filled before training; the batch's
-            pair ids map to cache keys through ``keys_by_id``.
-        none: the loss is reference-free; asking is a bug.
-    """
-
-    def __init__(
-        self,
-        mode: str,
-        *,
-        policy: Any = None,
-        model: Any = None,
-        cache: ReferenceCache | None = None,
-        keys_by_id: dict[str, str] | None = None,
-    ):
-        self.mode = mode
-        self.policy = policy
-        self.model = model
-        self.cache = cache
-        self.keys_by_id = keys_by_id or {}
-
-    @torch.no_grad()
-    def logps(self, batch: PreferenceBatch) -> PairLogps:
-        if self.mode == "adapter_off":
-            with adapter_disabled(self.policy):
-                return concatenated_forward(self.policy, batch).detach()
-        if self.mode == "model":
-            return concatenated_forward(self.model, batch).detach()
-        if self.mode == "precomputed":
-            table = self.cache.lookup([self.keys_by_id[i] for i in batch.ids])
-            table = table.to(batch.input_ids.device)
-            return PairLogps(table[:, 0], table[:, 1], table[:, 2], table[:, 3])
-        raise RuntimeError(f"reference log-probs requested with reference mode {self.mode!r}")
-
-
-@contextlib.contextmanager
-def adapter_disabled(model: Any):
-    """The policy with its LoRA adapter off, in eval mode under no_grad (the reference)."""
-    with reference_context(unwrap(model)) as base:
-        yield base
 
 
 @dataclass

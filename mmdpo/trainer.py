@@ -31,6 +31,7 @@ from mmdpo.data.pipeline import (
     tokenize_samples,
 )
 from mmdpo.data.transform import PairTransform, TransformSettings
+from mmdpo.forward import unwrap
 from mmdpo.losses import get_loss
 from mmdpo.metrics import (
     MetricsAccumulator,
@@ -44,17 +45,24 @@ from mmdpo.metrics_log import (
     plot_metrics,
 )
 from mmdpo.models.quantization import assert_4bit_trainable
-from mmdpo.objective import ReferenceModel, adapter_disabled, compute_objective, unwrap
+from mmdpo.objective import compute_objective
+from mmdpo.reference import (
+    ReferenceModel,
+    adapter_disabled,
+    build_reference,
+    precompute_reference,
+)
 from mmdpo.report import REPORT_FILE, write_report
 from mmdpo.report.data_summary import DATA_SUMMARY_FILE, write_data_summary
 from mmdpo.report.samples import SAMPLES_FILE, pick_samples, write_samples
 from mmdpo.setup import (
+    ModelFacts,
     build_optimizer,
     build_scheduler,
     check_run,
     load_model_for_training,
     load_processing,
-    prepare_reference,
+    model_facts,
 )
 from mmdpo.sharding import sharding_for
 from mmdpo.types import PreferenceSample, TokenizedPair
@@ -217,7 +225,8 @@ def train(
         hyperparams = spec.resolve_kwargs(config.loss.kwargs)
     except ValueError as err:
         raise ConfigError(f"loss: {err}") from None
-    check_run(config, spec, train_samples + list(eval_samples or []))
+    facts = model_facts(config)  # the model's config, read once for the whole run
+    check_run(config, spec, train_samples + list(eval_samples or []), facts)
 
     # One process may train several runs (demo --compare, tests) with different precisions;
     # the process-group state (PartialState) is kept.
@@ -241,7 +250,9 @@ def train(
         save_config(config, run_dir / "config.yaml")
     set_seed(config.train.seed)
 
-    data = _prepare_data(config, accelerator, run_dir, resume_from, train_samples, eval_samples)
+    data = _prepare_data(
+        config, accelerator, run_dir, resume_from, train_samples, eval_samples, facts
+    )
     loop = _Loop(config, accelerator, data, spec, hyperparams, run_dir)
     if resume_from is not None:
         loop.resume(resume_from)
@@ -258,6 +269,8 @@ class _Data:
     report_samples: list[PreferenceSample]
     """A few raw samples whose prompts are answered at the end (``samples.jsonl``)."""
     report_split: str
+    facts: ModelFacts
+    processing: Any
 
 
 def _prepare_data(
@@ -267,6 +280,7 @@ def _prepare_data(
     resume_from: Path | None,
     train_samples: list[PreferenceSample],
     eval_samples: list[PreferenceSample] | None,
+    facts: ModelFacts | None = None,
 ) -> _Data:
     """Calibrated scores (fitted, or the checkpoint's on resume), tokenized pairs, collator."""
     main = accelerator.is_main_process
@@ -278,7 +292,8 @@ def _prepare_data(
         calibration.save(run_dir / "calibration.json")
         print(format_groups(calibration))  # what was pooled into one score scale, and how
 
-    processing, is_vlm = load_processing(config)
+    facts = facts or model_facts(config)
+    processing, is_vlm = load_processing(config, facts)
     if is_vlm and accelerator.distributed_type == "FSDP":  # accelerate's DistributedType.FSDP
         raise ConfigError(
             "image-text models do not run under FSDP yet: the engine encodes each pair's images "
@@ -309,7 +324,17 @@ def _prepare_data(
     shown_ids = {p.id for p in (eval_pairs or train_pairs)}
     report_samples = pick_samples(shown, shown_ids, config.train.samples)
     split = "eval" if eval_pairs else "train"
-    return _Data(calibration, train_pairs, eval_pairs, collate, transform, report_samples, split)
+    return _Data(
+        calibration,
+        train_pairs,
+        eval_pairs,
+        collate,
+        transform,
+        report_samples,
+        split,
+        facts,
+        processing,
+    )
 
 
 class _Loop:
@@ -331,9 +356,10 @@ class _Loop:
             if config.loss.length_normalized is None
             else bool(config.loss.length_normalized)
         )
-        model = load_model_for_training(config)
+        model = load_model_for_training(config, data.facts, data.processing)
         pairs = data.train_pairs + data.eval_pairs
-        self.reference = prepare_reference(
+        # Before accelerate wraps the model (one process runs the pass, see mmdpo.reference).
+        precomputed = precompute_reference(
             config, spec, model, pairs, data.collate, run_dir, accelerator
         )
         assert_4bit_trainable(model)  # the precompute pass ran it in eval mode without grad
@@ -357,10 +383,7 @@ class _Loop:
             ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
             ds_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        if self.reference is not None and self.reference.mode == "adapter_off":
-            # Through accelerate's wrapper, not the module inside it: under FSDP the root unit's
-            # weights (embeddings, output layer) are gathered only by the wrapper's forward.
-            self.reference.policy = self.model
+        self.reference = build_reference(config, spec, self.model, accelerator, precomputed)
         # FSDP / DeepSpeed ZeRO: weights gathered by every process, optimizer state per process.
         self.sharding = sharding_for(accelerator, self.model)
         self.start_step = self.skipped = 0

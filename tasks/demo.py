@@ -10,7 +10,7 @@ Steps, all on CPU, offline, seeded:
    questions, but still hallucinates similar objects (``tasks/demo_world.py``);
 3. preference pairs on new scenes, scored by rule, of varying quality;
 4. Uni-DPO through the engine, exactly as a real run: 4-bit model, LoRA, adapter-off reference;
-5. POPE and CHAIR (the built-in benchmarks, through the eval runner's generation) before and
+5. POPE and CHAIR (the built-in benchmarks, through ``mmdpo.inference``'s generation) before and
    after; with ``--compare dpo``, plain DPO on the same pairs and seeds as a third column.
 
 Overrides: ``demo.<field>=value`` sets a :class:`DemoSettings` field; any other key sets the
@@ -409,7 +409,7 @@ def evaluate(
     from eval.chair import CHAIR
     from eval.pope import POPE
     from eval.results import make_result
-    from eval.runner import generate
+    from mmdpo.inference import InferenceModel
     from mmdpo.models.loading import load_policy
 
     model, processor, _ = load_policy(
@@ -424,17 +424,15 @@ def evaluate(
 
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     model.eval()
+    loaded = InferenceModel(model, processor, is_vlm=True)
     metrics: dict[str, float] = {}
     for bench, max_tokens in ((POPE(), 8), (CHAIR(), settings.description_tokens)):
         data = bench.load(eval_files[bench.name])
         prompts = [bench.build_prompt(item) for item in data.items]
-        responses, stats = generate(
-            model,
-            processor,
+        responses, stats = loaded.generate(
             prompts,
             max_new_tokens=max_tokens,
             batch_size=settings.eval_batch_size,
-            is_vlm=True,
             progress=False,
         )
         records = [bench.score(item, r) for item, r in zip(data.items, responses, strict=True)]

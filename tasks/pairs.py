@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmdpo.messages import has_text
 from tasks.scoring import (
     MathScorer,
     Response,
@@ -98,7 +99,7 @@ def read_prompts(path: str | Path) -> list[PromptItem]:
                 messages = attach_images(messages, len(images), key)
         except FieldError as error:
             raise ValueError(f"{where}: {error.field}: {error.message}") from None
-        if not any(_has_text(message["content"]) for message in messages):
+        if not any(has_text(message["content"]) for message in messages):
             raise ValueError(f"{where}: {key}: empty prompt")
         id_key = first_present(row, *ID_KEYS)
         sample_id = str(row[id_key]) if id_key else f"{info.stem}:{line}"
@@ -109,12 +110,6 @@ def read_prompts(path: str | Path) -> list[PromptItem]:
     if not items:
         raise ValueError(f"{info.label}: no prompts")
     return items
-
-
-def _has_text(content: Any) -> bool:
-    if isinstance(content, str):
-        return bool(content.strip())
-    return any(str(part.get("text", "")).strip() for part in content)
 
 
 def sample_responses(
@@ -129,24 +124,19 @@ def sample_responses(
     seed: int,
     progress: bool = True,
 ) -> tuple[list[list[str]], dict[str, Any]]:
-    """K sampled responses per prompt (K copies of each prompt, batched), seeded."""
-    from transformers import set_seed
-
+    """K sampled responses per prompt (``loaded``: an ``mmdpo.inference.InferenceModel``)."""
     from eval.base import Prompt
-    from eval.runner import generate
 
-    prompts = [Prompt(item.prompt, list(item.images)) for item in items for _ in range(k)]
-    set_seed(seed)
-    responses, stats = generate(
-        loaded.model,
-        loaded.processing,
+    prompts = [Prompt(item.prompt, list(item.images)) for item in items]
+    responses, stats = loaded.generate(
         prompts,
         max_new_tokens=max_new_tokens,
+        num_samples=k,
         batch_size=batch_size,
-        is_vlm=loaded.is_vlm,
         greedy=False,
         temperature=temperature,
         top_p=top_p,
+        seed=seed,
         progress=progress,
         desc="sampling",
     )
@@ -352,7 +342,7 @@ def _check_options(args: argparse.Namespace) -> Any:
 
 def run_pairs(args: argparse.Namespace) -> int:
     """Run ``mmdpo pairs``. User mistakes raise ValueError / FileNotFoundError."""
-    from eval.runner import load_for_eval
+    from mmdpo.inference import InferenceModel
 
     spec = _check_options(args)
     if not Path(args.prompts).expanduser().is_file():
@@ -372,7 +362,7 @@ def run_pairs(args: argparse.Namespace) -> int:
         for item in items:
             MathScorer(args.gold_field).gold(_responses(item, [""])[0])
 
-    loaded = load_for_eval(args.model, args.adapter, dtype=args.dtype)
+    loaded = InferenceModel.load(args.model, args.adapter, dtype=args.dtype)
     responses, stats = sample_responses(
         loaded,
         items,
@@ -410,7 +400,25 @@ def run_pairs(args: argparse.Namespace) -> int:
     write_samples(samples, args.out, inputs=[args.prompts], overwrite=args.overwrite)
     if args.save_responses:
         _write_responses(Path(outputs[2]), items, responses, scores)
-    report = {
+    report = _report(args, spec, base, adapter, counts, stats)
+    Path(outputs[1]).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(format_report(counts))
+    if not samples:
+        print(f"note: no pair was built, so {args.out} is empty (see the counts above)")
+    print(f"wrote {args.out} and {outputs[1]}")
+    return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    spec: Any,
+    base: str,
+    adapter: str | None,
+    counts: dict[str, Any],
+    stats: dict[str, Any],
+) -> dict[str, Any]:
+    """OUT.report.json: the settings, the counts and the generation statistics."""
+    return {
         "prompts_file": str(args.prompts),
         "out": str(args.out),
         "model": str(args.model),
@@ -427,12 +435,6 @@ def run_pairs(args: argparse.Namespace) -> int:
         "counts": counts,
         "generation": stats,
     }
-    Path(outputs[1]).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(format_report(counts))
-    if not samples:
-        print(f"note: no pair was built, so {args.out} is empty (see the counts above)")
-    print(f"wrote {args.out} and {outputs[1]}")
-    return 0
 
 
 def format_report(counts: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from mmdpo.messages import content_text
 from mmdpo.types import Message
 
 SCORE_SCALE = 10.0  # rule scores live on the 0-10 scale of the paper's judge and PRM x 10
@@ -56,12 +57,6 @@ def prompt_text(prompt: list[Message]) -> str:
     """The text of the last user turn (image parts left out)."""
     users = [message["content"] for message in prompt if message.get("role") == "user"]
     return content_text(users[-1]) if users else ""
-
-
-def content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
 
 
 # ---------------------------------------------------------------------------- scorers

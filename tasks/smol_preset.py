@@ -313,15 +313,13 @@ def evaluate(
     """Greedy answers of ``model`` (a folder, or an mmdpo run: base + adapter), scored and
     saved under ``out_dir`` as ``mmdpo eval`` saves them; returns the metrics."""
     from eval.results import make_result
-    from eval.runner import generate, load_for_eval
+    from mmdpo.inference import InferenceModel
 
     bench = preset.benchmark()
     data = bench.load(data_file)
-    loaded = load_for_eval(model)
+    loaded = InferenceModel.load(model)
     prompts = [bench.build_prompt(item) for item in data.items]
-    responses, stats = generate(
-        loaded.model,
-        loaded.processing,
+    responses, stats = loaded.generate(
         prompts,
         max_new_tokens=args.max_new_tokens,
         stop=bench.stop,

@@ -23,7 +23,8 @@ import workload  # noqa: E402
 from mmdpo.data.collate import PreferenceCollator  # noqa: E402
 from mmdpo.data.transform import PairTransform, TransformSettings  # noqa: E402
 from mmdpo.losses import get_loss  # noqa: E402
-from mmdpo.objective import ReferenceModel, compute_objective  # noqa: E402
+from mmdpo.objective import compute_objective  # noqa: E402
+from mmdpo.reference import ReferenceModel  # noqa: E402
 from mmdpo.setup import load_model_for_training, load_processing  # noqa: E402
 
 

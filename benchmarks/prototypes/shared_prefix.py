@@ -38,7 +38,7 @@ import workload  # noqa: E402
 from mmdpo.data.collate import PreferenceCollator  # noqa: E402
 from mmdpo.data.transform import PairTransform, TransformSettings  # noqa: E402
 from mmdpo.forward import concatenated_forward  # noqa: E402
-from mmdpo.objective import adapter_disabled  # noqa: E402
+from mmdpo.reference import adapter_disabled  # noqa: E402
 from mmdpo.setup import load_model_for_training, load_processing  # noqa: E402
 
 

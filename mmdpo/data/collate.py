@@ -8,18 +8,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from mmdpo.models.families import image_count
 from mmdpo.types import PreferenceBatch, TokenizedPair
 
 
-def _image_count(inputs: dict[str, torch.Tensor]) -> int:
-    """Images (or image tiles) in one pair's processor output."""
-    if "image_grid_thw" in inputs:  # Qwen2-VL family: pixel_values are patches, not images
-        return int(inputs["image_grid_thw"].shape[0])
-    return int(inputs["pixel_values"].shape[0])
-
-
 def _concat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate on dim 0, zero-padding the other dims to the largest (Idefics3 tiles)."""
+    """Concatenate on dim 0, zero-padding the other dims to the largest (image tiles)."""
     if len({t.shape[1:] for t in tensors}) > 1:
         target = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
         padded = []
@@ -40,7 +34,7 @@ def _collate_images(
     for index, inputs in enumerate(per_pair):
         if not inputs:
             continue
-        owners += [index] * _image_count(inputs)
+        owners += [index] * image_count(inputs)
         for key, value in inputs.items():
             parts.setdefault(key, []).append(value)
     if not owners:

@@ -56,7 +56,7 @@ def drop_image_tensors(pairs: list[TokenizedPair]) -> None:
     """Free the pixel tensors of vision pairs; the collator re-creates them batch by batch.
 
     Holding every pair's pixel tensors would take gigabytes for a real vision dataset
-    (a 448 px image is ~5 MB of fp32 patches for Qwen2-VL). The digest of the tensors stays,
+    (a 448 px image can be ~5 MB of fp32 patches). The digest of the tensors stays,
     so the precomputed reference cache keys do not change.
     """
     for pair in pairs:

@@ -12,13 +12,13 @@ tokens) leaves no room for a response raises :class:`SampleTooLongError` naming 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from mmdpo.images import open_image
+from mmdpo.messages import text_only
 from mmdpo.types import Message, PreferenceSample, TokenizedPair
 
 # Used when a tokenizer has no chat template (base models): a plain, documented format.
@@ -55,24 +55,6 @@ class TransformSettings:
     """Cap on text prompt tokens (kept from the end); vision prompts are never cut."""
 
 
-def load_image(ref: Any) -> Any:
-    """Open an image reference (path, bytes, PIL image, or an object with ``.open()``) as RGB."""
-    from PIL import Image
-
-    if hasattr(ref, "open") and not isinstance(ref, (Image.Image, Path)):  # Path.open is text
-        ref = ref.open()
-    if isinstance(ref, Image.Image):
-        return ref.convert("RGB")
-    if isinstance(ref, (bytes, bytearray)):
-        return Image.open(io.BytesIO(ref)).convert("RGB")
-    if isinstance(ref, dict) and "bytes" in ref:  # the HF datasets Image feature
-        return Image.open(io.BytesIO(ref["bytes"])).convert("RGB")
-    if isinstance(ref, (str, Path)):
-        with Image.open(ref) as image:
-            return image.convert("RGB")
-    raise TypeError(f"cannot open an image from {type(ref).__name__}")
-
-
 def _with_image_parts(prompt: list[Message], n_images: int) -> list[Message]:
     """Make sure the prompt's messages hold exactly one image part per image.
 
@@ -100,17 +82,6 @@ def _with_image_parts(prompt: list[Message], n_images: int) -> list[Message]:
             message["content"] = [{"type": "image"}] * n_images + text_parts
             return messages
     raise ValueError("prompt has no user turn to attach the images to")
-
-
-def _text_only(prompt: list[Message]) -> list[Message]:
-    """Flatten list-of-parts contents to strings for text tokenizers' templates."""
-    out = []
-    for m in prompt:
-        content = m.get("content", "")
-        if not isinstance(content, str):
-            content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
-        out.append({**m, "content": content})
-    return out
 
 
 class PairTransform:
@@ -174,7 +145,7 @@ class PairTransform:
         return self.end_with_eos(self._encode(self.response_text(prompt, prompt_text, response)))
 
     def _text_prompt(self, sample: PreferenceSample) -> tuple[list[Message], str]:
-        prompt = _text_only(sample.prompt) if not self.is_vlm else sample.prompt
+        prompt = text_only(sample.prompt) if not self.is_vlm else sample.prompt
         return prompt, self.render(prompt, add_generation_prompt=True)
 
     def _cap_prompt(self, ids: list[int]) -> list[int]:
@@ -191,13 +162,14 @@ class PairTransform:
             raise ValueError(f"sample {sample.id}: images: this model is text-only")
         prompt = _with_image_parts(sample.prompt, len(images))
         text = self.render(prompt, add_generation_prompt=True)
-        pil_images = [load_image(ref) for ref in images]
+        pil_images = [open_image(ref) for ref in images]
         out = self.processing(text=[text], images=[pil_images], return_tensors="pt")
         ids = out["input_ids"][0].tolist()
         image_inputs = {
             k: v for k, v in out.items() if k not in _PER_TOKEN_KEYS and isinstance(v, torch.Tensor)
         }
-        # Idefics3 returns (1, n_images, ...): drop the batch dim so images concatenate on dim 0.
+        # Processors that batch images per text return (1, n_images, ...): drop the batch dim so
+        # that images concatenate on dim 0.
         for key, batched_dims in (("pixel_values", 5), ("pixel_attention_mask", 4)):
             value = image_inputs.get(key)
             if value is not None and value.dim() == batched_dims:
@@ -210,7 +182,7 @@ class PairTransform:
         if sample.images and self.is_vlm:
             prompt = _with_image_parts(sample.prompt, len(sample.images))
             text = self.render(prompt, add_generation_prompt=True)
-            images = [load_image(ref) for ref in sample.images]
+            images = [open_image(ref) for ref in sample.images]
             return dict(self.processing(text=[text], images=[images], return_tensors="pt"))
         _, text = self._text_prompt(sample)
         ids = torch.tensor([self._cap_prompt(self._encode(text))])

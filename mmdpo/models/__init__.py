@@ -1,19 +1,28 @@
-"""Model loading for the engine: quantization, text and VLM loading, LoRA, reference helpers."""
+"""Model loading for the engine: quantization, text and VLM loading, LoRA, the VLM families.
 
-from mmdpo.models.loading import ModelInfo, enable_gradient_checkpointing, load_policy
-from mmdpo.models.lora import apply_lora, lora_target_modules
-from mmdpo.models.quantization import check_quantization_available, make_quantization_config
-from mmdpo.models.reference import eval_no_grad, freeze, reference_context
+The names below load their module on first use, so that importing ``mmdpo.models.families``
+(the collator and the forward do) does not import transformers' model classes and peft.
+"""
 
-__all__ = [
-    "ModelInfo",
-    "apply_lora",
-    "check_quantization_available",
-    "enable_gradient_checkpointing",
-    "eval_no_grad",
-    "freeze",
-    "load_policy",
-    "lora_target_modules",
-    "make_quantization_config",
-    "reference_context",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ModelInfo": "mmdpo.models.loading",
+    "enable_gradient_checkpointing": "mmdpo.models.loading",
+    "load_policy": "mmdpo.models.loading",
+    "apply_lora": "mmdpo.models.lora",
+    "lora_target_modules": "mmdpo.models.lora",
+    "check_quantization_available": "mmdpo.models.quantization",
+    "make_quantization_config": "mmdpo.models.quantization",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'mmdpo.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from mmdpo.models.families import image_token_id, image_token_ids, is_vlm_config
 from mmdpo.models.quantization import (
     allow_cpu_inference_layout,
     keep_4bit_trainable,
@@ -28,16 +30,6 @@ from mmdpo.models.quantization import (
 
 KINDS = ("auto", "causal_lm", "vlm")
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# Config attributes that name a token standing for image (or video) content, by family:
-# Qwen2-VL/2.5-VL image/video/vision_start/end, LLaVA image_token_id (image_token_index in
-# older configs), Idefics3 image_token_id.
-IMAGE_TOKEN_ATTRIBUTES = (
-    "image_token_id",
-    "image_token_index",
-    "video_token_id",
-    "vision_start_token_id",
-    "vision_end_token_id",
-)
 
 
 @dataclass(frozen=True)
@@ -46,7 +38,7 @@ class ModelInfo:
 
     Attributes:
         name_or_path: what was loaded.
-        family: the config's ``model_type`` (``llama``, ``qwen2_vl``, ``llava``, ...).
+        family: the config's ``model_type`` (``mmdpo.models.families`` lists the VLM ones).
         is_vlm: loaded as an image-text-to-text model with a processor.
         quantization: ``none``, ``8bit`` or ``4bit``.
         dtype: dtype of the weights that are not quantized.
@@ -87,11 +79,6 @@ def _quiet_int8_cast_warning() -> None:
 
     once._mmdpo = True  # type: ignore[attr-defined]
     logger.addFilter(once)
-
-
-def is_vlm_config(config: Any) -> bool:
-    """A config with a ``vision_config`` belongs to a vision-language model."""
-    return getattr(config, "vision_config", None) is not None
 
 
 def require_safetensors(name_or_path: str | os.PathLike) -> None:
@@ -141,15 +128,6 @@ def _model_info(
     dtype: torch.dtype,
 ) -> ModelInfo:
     config = model.config
-    image_ids: list[int] = []
-    if is_vlm:
-        for attribute in IMAGE_TOKEN_ATTRIBUTES:
-            value = getattr(config, attribute, None)
-            if isinstance(value, int) and value not in image_ids:
-                image_ids.append(value)
-    image_token_id = getattr(config, "image_token_id", None)
-    if image_token_id is None:
-        image_token_id = getattr(config, "image_token_index", None)
     eos = list(_token_ids(tokenizer.eos_token_id))
     generation_config = getattr(model, "generation_config", None)
     for value in _token_ids(getattr(generation_config, "eos_token_id", None)):
@@ -161,8 +139,8 @@ def _model_info(
         is_vlm=is_vlm,
         quantization=quantization,
         dtype=dtype,
-        image_token_id=image_token_id if is_vlm else None,
-        image_token_ids=tuple(image_ids),
+        image_token_id=image_token_id(config) if is_vlm else None,
+        image_token_ids=image_token_ids(config) if is_vlm else (),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_ids=tuple(eos),
     )
@@ -176,6 +154,90 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
+
+
+def processing_from_pretrained(
+    name_or_path: str | os.PathLike, *, is_vlm: bool, trust_remote_code: bool = False
+) -> Any:
+    """The processor (VLM) or tokenizer (text) of a model, without its weights; a tokenizer
+    without a pad token gets its EOS token as pad token."""
+    if is_vlm:
+        processing = AutoProcessor.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code
+        )
+        tokenizer = processing.tokenizer
+    else:
+        processing = tokenizer = AutoTokenizer.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processing
+
+
+def _quantization(
+    quantization: str | BitsAndBytesConfig | None,
+    quant_type: str,
+    double_quant: bool,
+    torch_dtype: torch.dtype,
+) -> tuple[str, BitsAndBytesConfig | None]:
+    """(``none`` / ``8bit`` / ``4bit``, the bitsandbytes config or None)."""
+    if isinstance(quantization, BitsAndBytesConfig):
+        return ("8bit" if quantization.load_in_8bit else "4bit"), quantization
+    mode = quantization or "none"
+    return mode, make_quantization_config(
+        mode, quant_type=quant_type, double_quant=double_quant, compute_dtype=torch_dtype
+    )
+
+
+def _is_vlm(name_or_path: str | os.PathLike, config: Any, kind: str) -> bool:
+    """``kind``, or for ``auto`` whether the config has a vision config."""
+    if kind == "vlm" and not is_vlm_config(config):
+        raise ValueError(
+            f"{str(name_or_path)!r} ({config.model_type}) has no vision_config; "
+            "it is not a vision-language model (use kind: causal_lm or auto)"
+        )
+    return is_vlm_config(config) if kind == "auto" else kind == "vlm"
+
+
+def _from_pretrained(
+    name_or_path: str | os.PathLike, model_class: Any, load_kwargs: dict[str, Any]
+) -> PreTrainedModel:
+    try:
+        return model_class.from_pretrained(name_or_path, **load_kwargs)
+    except OSError as error:
+        if "safetensors" not in str(error):
+            raise
+        raise OSError(
+            f"{str(name_or_path)!r}: no safetensors weights found ({error}). mmdpo "
+            "loads safetensors only, because pickle files can run code when loaded."
+        ) from error
+
+
+def _after_load(
+    model: PreTrainedModel,
+    mode: str,
+    bnb_config: BitsAndBytesConfig | None,
+    *,
+    prepare_for_training: bool,
+    gradient_checkpointing: bool,
+    cpu_inference_layout: bool,
+) -> PreTrainedModel:
+    """Quantized layers kept exact (or inference-fast), k-bit training prep, checkpointing."""
+    if mode == "8bit":
+        _quiet_int8_cast_warning()
+    if mode == "4bit":
+        if cpu_inference_layout:
+            allow_cpu_inference_layout(model)
+        else:
+            keep_4bit_trainable(model)
+    if bnb_config is not None and prepare_for_training:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
 
 
 def load_policy(
@@ -192,6 +254,8 @@ def load_policy(
     prepare_for_training: bool = True,
     gradient_checkpointing: bool = False,
     cpu_inference_layout: bool = False,
+    model_config: Any = None,
+    processing: Any = None,
 ) -> tuple[PreTrainedModel, Any, ModelInfo]:
     """Load a model and its tokenizer (text) or processor (VLM).
 
@@ -207,15 +271,15 @@ def load_policy(
         device_map: passed to ``from_pretrained``; by default None without quantization,
             and for a quantized model the current CUDA device, or ``"cpu"`` without CUDA.
         attn_implementation: ``sdpa``, ``eager``, ... or None for the transformers default.
-        prepare_for_training: for a quantized model, run peft's
-            ``prepare_model_for_kbit_training`` (freezes the base, upcasts the layers that
-            are not quantized to fp32). Set False for a frozen reference or evaluation.
+        prepare_for_training: for a quantized model, peft's ``prepare_model_for_kbit_training``
+            (freezes the base, upcasts the other layers to fp32); False for inference.
         gradient_checkpointing: enable non-reentrant activation checkpointing.
         cpu_inference_layout: for a 4-bit model in an inference-only process, let
-            bitsandbytes repack weights into its faster bfloat16 CPU layout where the shape
-            fits. Off by default: every 4-bit layer then keeps the exact layout that has a
-            backward (see :func:`mmdpo.models.quantization.keep_4bit_trainable`), on every
-            CPU. Refused together with ``prepare_for_training``.
+            bitsandbytes repack weights into its faster bfloat16 CPU layout. Off by default:
+            every 4-bit layer keeps the exact layout that has a backward, on every CPU
+            (:func:`mmdpo.models.quantization.keep_4bit_trainable`).
+        model_config, processing: the config and tokenizer or processor when the caller has
+            them already (a run reads each once); else read from the folder.
 
     Returns:
         ``(model, tokenizer or processor, ModelInfo)``. A tokenizer without a pad token gets
@@ -225,73 +289,34 @@ def load_policy(
         raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
     if cpu_inference_layout and prepare_for_training:
         raise ValueError("cpu_inference_layout is for inference only (prepare_for_training=False)")
-    require_safetensors(model_name_or_path)
+    require_safetensors(model_name_or_path)  # before any file of the folder is read
     torch_dtype = resolve_dtype(dtype)
-    if isinstance(quantization, BitsAndBytesConfig):
-        bnb_config: BitsAndBytesConfig | None = quantization
-        mode = "8bit" if quantization.load_in_8bit else "4bit"
-    else:
-        mode = quantization or "none"
-        bnb_config = make_quantization_config(
-            mode, quant_type=quant_type, double_quant=double_quant, compute_dtype=torch_dtype
-        )
-    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-    is_vlm = is_vlm_config(config) if kind == "auto" else kind == "vlm"
-    if kind == "vlm" and not is_vlm_config(config):
-        raise ValueError(
-            f"{model_name_or_path!r} ({config.model_type}) has no vision_config; "
-            "it is not a vision-language model (use kind: causal_lm or auto)"
-        )
-    model_class = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
+    mode, bnb_config = _quantization(quantization, quant_type, double_quant, torch_dtype)
+    config = model_config or AutoConfig.from_pretrained(
+        model_name_or_path, trust_remote_code=trust_remote_code
+    )
+    is_vlm = _is_vlm(model_name_or_path, config, kind)
     load_kwargs: dict[str, Any] = {
+        # a copy: from_pretrained records the quantization and more on the config it is given
+        "config": copy.deepcopy(config),
         "dtype": torch_dtype,
         "use_safetensors": True,
         "trust_remote_code": trust_remote_code,
         "device_map": device_map if device_map is not None else _default_device_map(bnb_config),
+        **({"quantization_config": bnb_config} if bnb_config is not None else {}),
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
     }
-    if bnb_config is not None:
-        load_kwargs["quantization_config"] = bnb_config
-    if attn_implementation is not None:
-        load_kwargs["attn_implementation"] = attn_implementation
-    try:
-        model = model_class.from_pretrained(model_name_or_path, **load_kwargs)
-    except OSError as error:
-        if "safetensors" not in str(error):
-            raise
-        raise OSError(
-            f"{str(model_name_or_path)!r}: no safetensors weights found ({error}). mmdpo "
-            "loads safetensors only, because pickle files can run code when loaded."
-        ) from error
-    if is_vlm:
-        processor = AutoProcessor.from_pretrained(
-            model_name_or_path, trust_remote_code=trust_remote_code
+    model_class = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
+    model = _from_pretrained(model_name_or_path, model_class, load_kwargs)
+    if processing is None:
+        processing = processing_from_pretrained(
+            model_name_or_path, is_vlm=is_vlm, trust_remote_code=trust_remote_code
         )
-        tokenizer = processor.tokenizer
-    else:
-        processor = tokenizer = AutoTokenizer.from_pretrained(
-            model_name_or_path, trust_remote_code=trust_remote_code
-        )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if mode == "8bit":
-        _quiet_int8_cast_warning()
-    if mode == "4bit":
-        if cpu_inference_layout:
-            allow_cpu_inference_layout(model)
-        else:
-            keep_4bit_trainable(model)
-    if bnb_config is not None and prepare_for_training:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    if gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    info = _model_info(
-        str(model_name_or_path),
-        model,
-        tokenizer,
-        is_vlm=is_vlm,
-        quantization=mode,
-        dtype=torch_dtype,
-    )
-    return model, processor, info
+    model = _after_load(
+        model, mode, bnb_config, prepare_for_training=prepare_for_training,
+        gradient_checkpointing=gradient_checkpointing, cpu_inference_layout=cpu_inference_layout,
+    )  # fmt: skip
+    tokenizer = processing.tokenizer if is_vlm else processing
+    name = str(model_name_or_path)
+    info = _model_info(name, model, tokenizer, is_vlm=is_vlm, quantization=mode, dtype=torch_dtype)
+    return model, processing, info

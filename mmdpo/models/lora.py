@@ -1,15 +1,8 @@
 """LoRA adapters: which linear layers get one (language model only, unless asked), and peft.
 
-Module names, as checked in transformers 5 (``<Family>ForConditionalGeneration``):
-
-| family | vision tower | projector | language model |
-|---|---|---|---|
-| qwen2_vl, qwen2_5_vl | ``model.visual`` | ``model.visual.merger`` | ``model.language_model`` |
-| llava | ``model.vision_tower`` | ``model.multi_modal_projector`` | ``model.language_model`` |
-| idefics3 | ``model.vision_model`` | ``model.connector`` | ``model.text_model`` |
-
-A module is classified by the components of its dotted name (projector names win, since
-Qwen's merger sits inside the tower), so families laid out the same way need no entry.
+A module is classified by the components of its dotted name, against the vision-tower and
+projector names of every family in ``mmdpo.models.families`` (projector names win, since
+a merger may sit inside the tower), so families laid out the same way need no new names.
 """
 
 from __future__ import annotations
@@ -19,10 +12,11 @@ from collections.abc import Sequence
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from mmdpo.models.families import projector_names, vision_tower_names
 from mmdpo.models.loading import enable_gradient_checkpointing
 
-PROJECTOR_NAMES = frozenset({"multi_modal_projector", "connector", "merger", "mm_projector"})
-VISION_TOWER_NAMES = frozenset({"visual", "vision_tower", "vision_model", "vision_encoder"})
+PROJECTOR_NAMES = projector_names()
+VISION_TOWER_NAMES = vision_tower_names()
 OUTPUT_HEAD_NAMES = frozenset({"lm_head"})
 
 

@@ -28,9 +28,9 @@ MAX_NEW_TOKENS = 128
 
 def thumbnail_data_uri(image: Any, side: int = THUMBNAIL_SIDE) -> str:
     """A ``data:`` URI of the image scaled to at most ``side`` pixels (PNG, JPEG if smaller)."""
-    from mmdpo.data.transform import load_image
+    from mmdpo.images import open_image
 
-    picture = load_image(image)
+    picture = open_image(image)
     picture.thumbnail((side, side))
     encoded = {}
     for kind, options in (("png", {"optimize": True}), ("jpeg", {"quality": 85})):
@@ -138,7 +138,7 @@ def write_samples(
         samples: raw samples (scores before calibration).
         split: "eval" (held-out) or "train" (when the run had no held-out data).
         base_context: a context manager factory ``base_context(model)`` that switches the
-            adapter off (``mmdpo.objective.adapter_disabled``).
+            adapter off (``mmdpo.reference.adapter_disabled``).
         max_new_tokens: the cap per answer (default: ``token_budget``).
     """
     model.eval()

@@ -1,40 +1,19 @@
-"""The generation runner on tiny models: left padding, stop strings, VLMs, runs, margins."""
+"""The benchmark runner on tiny models: generation and margin benchmarks, runs, errors.
+
+Generation itself (left padding, stop strings, VLMs) is tested in tests/mmdpo/test_inference.py.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
 
-from eval.base import user_prompt
 from eval.registry import get_benchmark
-from eval.runner import (
-    EvalError,
-    _encode_batch,
-    cut_at_stop,
-    generate,
-    load_for_eval,
-    margin_settings,
-    render_prompt,
-    run_benchmarks,
-)
-from mmdpo.models.loading import load_policy
+from eval.runner import EvalError, run_benchmarks
+from mmdpo.inference import InferenceModel
 from tests.fixtures import arithmetic_pairs, make_config
-
-PROMPTS = [
-    "What is 2 plus 3?",
-    "Tell me a long story about a cat and a dog who are friends and live near a river.",
-    "Hi",
-    "Name three colors.",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir):
-    model, tokenizer, _ = load_policy(tiny_llama_dir, prepare_for_training=False)
-    return model, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -46,72 +25,6 @@ def tiny_run(tiny_llama_dir, tmp_path_factory):
     config = make_config(tiny_llama_dir, run, "train.max_steps=1", "train.learning_rate=5e-2")
     train(config, arithmetic_pairs(4))
     return run
-
-
-def test_cut_at_stop_cuts_at_the_earliest_stop_string():
-    assert cut_at_stop("a ## b Q: c", ["Q:", "##"]) == "a "
-    assert cut_at_stop("no stop here", ["Q:"]) == "no stop here"
-    assert cut_at_stop("text", []) == "text"
-
-
-def test_batches_are_left_padded(tiny_llama):
-    _, tokenizer = tiny_llama
-    prompts = [user_prompt(text) for text in PROMPTS[:3]]
-    texts = [render_prompt(tokenizer, prompt, is_vlm=False) for prompt in prompts]
-    assert texts[0].endswith("<|im_start|>assistant\n")  # the generation prompt is there
-    inputs = _encode_batch(tokenizer, texts, prompts, is_vlm=False)
-    mask = inputs["attention_mask"]
-    assert (mask[:, -1] == 1).all(), "every prompt must end at the last column"
-    short = int(mask[2].sum())  # "Hi": padding first, then its tokens
-    assert short < int(mask[1].sum())
-    assert (mask[2, :-short] == 0).all() and (mask[2, -short:] == 1).all()
-    assert tokenizer.padding_side == "right", "the tokenizer's padding side is restored"
-
-
-def test_batched_greedy_generation_equals_one_prompt_at_a_time(tiny_llama):
-    model, tokenizer = tiny_llama
-    prompts = [user_prompt(text) for text in PROMPTS]
-    batched, stats = generate(
-        model, tokenizer, prompts, max_new_tokens=10, batch_size=4, progress=False
-    )
-    alone = [
-        generate(model, tokenizer, [prompt], max_new_tokens=10, batch_size=1, progress=False)[0][0]
-        for prompt in prompts
-    ]
-    assert batched == alone
-    assert len(set(batched)) > 1, "different prompts should give different responses"
-    assert stats["n"] == 4 and stats["samples_per_s"] > 0 and 0 < stats["new_tokens"] <= 40
-
-
-def test_stop_strings_cut_the_response(tiny_llama):
-    model, tokenizer = tiny_llama
-    prompts = [user_prompt(PROMPTS[1])]
-    (full,), full_stats = generate(model, tokenizer, prompts, max_new_tokens=16, progress=False)
-    # Two ASCII letters after the start: the random model also writes partial UTF-8 bytes
-    # ("\ufffd" once decoded), which no token contains, so they cannot stop generation.
-    found = re.search(r"[A-Za-z]{2}", full[2:])
-    assert found, full
-    stop = found.group()
-    (cut,), cut_stats = generate(
-        model, tokenizer, prompts, max_new_tokens=16, stop=[stop], progress=False
-    )
-    assert cut == full[: full.find(stop)].strip()
-    assert cut_stats["new_tokens"] < full_stats["new_tokens"], "generation stopped early"
-
-
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
-def test_vlm_generates_for_pope_items_with_images(tiny_vlm_dir, family):
-    model, processor, info = load_policy(tiny_vlm_dir(family), prepare_for_training=False)
-    assert info.is_vlm
-    pope = get_benchmark("pope")
-    prompts = [pope.build_prompt(item) for item in pope.load(None, 3).items]
-    assert all(len(prompt.images) == 1 for prompt in prompts)
-    batched, _ = generate(
-        model, processor, prompts, max_new_tokens=5, batch_size=3, is_vlm=True, progress=False
-    )
-    alone = generate(model, processor, prompts[:1], max_new_tokens=5, is_vlm=True, progress=False)
-    assert len(batched) == 3 and all(isinstance(text, str) for text in batched)
-    assert batched[0] == alone[0][0]
 
 
 def test_run_benchmarks_gsm8k_and_ifeval_end_to_end(tiny_llama_dir, tmp_path):
@@ -191,7 +104,7 @@ def test_preference_margins_on_a_run_folder(tiny_run, tmp_path):
     from eval.preference import to_sample
     from mmdpo.data.transform import PairTransform, TransformSettings
 
-    loaded = load_for_eval(str(tiny_run))
+    loaded = InferenceModel.load(str(tiny_run))
     pair = PairTransform(loaded.processing, TransformSettings(1024))(
         to_sample(get_benchmark("preference").load(None, 1).items[0])
     )
@@ -214,14 +127,6 @@ def test_adapter_on_top_of_a_model_equals_the_run_folder(tiny_run, tiny_llama_di
     assert [r["margin"] for r in on_top.records] == pytest.approx(
         [r["margin"] for r in as_run.records]
     )
-
-
-def test_margin_settings_follow_the_run_loss():
-    assert margin_settings({}) == (2.0, True, "uni_dpo")  # the default loss, mean log-probs
-    beta, average, name = margin_settings({"loss": {"name": "dpo", "kwargs": {"beta": 0.3}}})
-    assert (beta, average, name) == (0.3, False, "dpo")
-    forced = margin_settings({"loss": {"name": "dpo", "length_normalized": True}})
-    assert forced[1] is True
 
 
 def test_user_errors_are_eval_errors(tiny_llama_dir, tmp_path):

@@ -210,10 +210,10 @@ def test_pairs_with_nothing_to_prefer_are_problems_not_pairs(tokenizer, session_
     assert text.pairs == [] and "data.max_length" in text.problems[0]["error"]
 
 
-def test_load_image_opens_paths_strings_and_bytes(tmp_path):
+def test_open_image_opens_paths_strings_and_bytes(tmp_path):
     from PIL import Image
 
-    from mmdpo.data.transform import load_image
+    from mmdpo.images import open_image as load_image
 
     file = tmp_path / "a.png"
     Image.new("L", (3, 2), 9).save(file)

@@ -13,16 +13,15 @@ import mmdpo.models.quantization as quantization
 from mmdpo.models import (
     apply_lora,
     check_quantization_available,
-    freeze,
     load_policy,
     lora_target_modules,
     make_quantization_config,
-    reference_context,
 )
 from mmdpo.models.lora import module_part
+from mmdpo.reference import freeze, reference_context
 from mmdpo.tiny.text import save_tiny_causal_lm
 from mmdpo.tiny.tokenizer import build_tokenizer
-from mmdpo.tiny.vision import save_tiny_vlm, tiny_vlm_config_and_processor
+from mmdpo.tiny.vision import VLM_FAMILIES, save_tiny_vlm, tiny_vlm_config_and_processor
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -40,9 +39,6 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory, tokenizer):
     return save_tiny_causal_lm(tmp_path_factory.mktemp("llama"), "llama", tokenizer)
-
-
-VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava", "idefics3")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from mmdpo.models.quantization import (
     keep_4bit_trainable,
     packed_layout_fits,
 )
-from mmdpo.models.reference import reference_context
+from mmdpo.reference import reference_context
 from mmdpo.tiny import VLM_FAMILIES
 
 FAMILIES = ("llama", *VLM_FAMILIES)

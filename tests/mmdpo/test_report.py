@@ -112,7 +112,7 @@ def test_samples_of_image_text_models_carry_their_images(tiny_vlm_dir, tmp_path,
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from mmdpo.data.transform import PairTransform, TransformSettings
-    from mmdpo.objective import adapter_disabled
+    from mmdpo.reference import adapter_disabled
     from mmdpo.tiny import random_image
 
     directory = tiny_vlm_dir(family)

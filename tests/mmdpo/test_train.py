@@ -53,8 +53,13 @@ def test_precomputed_reference_equals_adapter_off(tiny_llama_dir, tmp_path):
     from mmdpo.data.transform import PairTransform, TransformSettings
     from mmdpo.forward import concatenated_forward
     from mmdpo.losses import get_loss
-    from mmdpo.objective import ReferenceModel, adapter_disabled
-    from mmdpo.setup import load_model_for_training, load_processing, prepare_reference
+    from mmdpo.reference import (
+        ReferenceModel,
+        adapter_disabled,
+        build_reference,
+        precompute_reference,
+    )
+    from mmdpo.setup import load_model_for_training, load_processing
 
     config = make_config(tiny_llama_dir, tmp_path / "run", "reference.mode=precomputed")
     processing, _ = load_processing(config)
@@ -81,7 +86,9 @@ def test_precomputed_reference_equals_adapter_off(tiny_llama_dir, tmp_path):
 
             return contextlib.nullcontext()
 
-    cached = prepare_reference(config, get_loss("uni_dpo"), model, pairs, collate, tmp_path, Acc)
+    spec = get_loss("uni_dpo")
+    precomputed = precompute_reference(config, spec, model, pairs, collate, tmp_path, Acc)
+    cached = build_reference(config, spec, model, Acc, precomputed)
     batch = collate(pairs)
     live = ReferenceModel("adapter_off", policy=model).logps(batch)
     from_cache = cached.logps(batch)

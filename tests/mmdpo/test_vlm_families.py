@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 
 from mmdpo.data.collate import PreferenceCollator
 from mmdpo.data.pipeline import drop_image_tensors, restore_images, tokenize_samples
-from mmdpo.data.transform import PairTransform, TransformSettings, load_image
+from mmdpo.data.transform import PairTransform, TransformSettings
 from mmdpo.forward import concatenated_forward
+from mmdpo.images import open_image
 from mmdpo.reference_cache import pair_key
 from mmdpo.tiny import VLM_FAMILIES, random_image
 from mmdpo.types import PreferenceSample
@@ -63,7 +64,7 @@ def plain_response_logps(model, processor, transform, sample, response):
     (pixel values in, the model encodes the images itself): none of the engine's code."""
     prompt_text = transform.render(sample.prompt, add_generation_prompt=True)
     full_text = prompt_text + transform.response_text(sample.prompt, prompt_text, response)
-    images = [load_image(image) for image in sample.images]
+    images = [open_image(image) for image in sample.images]
     inputs = processor(text=[full_text], images=[images], return_tensors="pt")
     prompt_len = len(processor(text=[prompt_text], images=[images])["input_ids"][0])
     with torch.no_grad():
@@ -114,7 +115,7 @@ def test_two_images_in_one_prompt_match_the_plain_forward(sharp_model_dir, famil
 
 
 class _OneProcess:
-    """What ``prepare_reference`` needs of an accelerate ``Accelerator``, one CPU process."""
+    """What the reference's precompute pass needs of an ``Accelerator``, one CPU process."""
 
     device = torch.device("cpu")
     is_main_process = True
@@ -153,8 +154,8 @@ def test_precomputed_reference_with_images_equals_adapter_off(sharp_model_dir, t
     """The cache, filled in batches of 2 from pairs whose pixels were dropped (as training
     does), gives each pair the adapter-off log-probs of its own images, in any batch order."""
     from mmdpo.losses import get_loss
-    from mmdpo.objective import ReferenceModel
-    from mmdpo.setup import load_model_for_training, load_processing, prepare_reference
+    from mmdpo.reference import ReferenceModel, build_reference, precompute_reference
+    from mmdpo.setup import load_model_for_training, load_processing
 
     config = make_config(sharp_model_dir(family), tmp_path / "run", "reference.mode=precomputed")
     processing, is_vlm = load_processing(config)
@@ -176,9 +177,9 @@ def test_precomputed_reference_with_images_equals_adapter_off(sharp_model_dir, t
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.add_(0.05)
-    cached = prepare_reference(
-        config, get_loss("uni_dpo"), model, pairs, collate, tmp_path, _OneProcess
-    )
+    spec = get_loss("uni_dpo")
+    precomputed = precompute_reference(config, spec, model, pairs, collate, tmp_path, _OneProcess)
+    cached = build_reference(config, spec, model, _OneProcess, precomputed)
     live = ReferenceModel("adapter_off", policy=model)
     for order in (pairs, pairs[::-1]):
         batch = collate(order)

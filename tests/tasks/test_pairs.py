@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import eval.runner
+import mmdpo.inference
 from data_adapters import load_samples
 from tasks.pairs import add_pairs_arguments, best_vs_worst, read_prompts, run_pairs
 
@@ -36,10 +36,11 @@ def pairs_args(*words: str) -> argparse.Namespace:
 
 @pytest.fixture
 def fixed_generation(monkeypatch):
-    """Replace sampling with FIXED responses (K copies of each prompt arrive in order)."""
+    """Replace sampling with FIXED responses (K samples of each prompt, prompt by prompt)."""
     calls = []
 
     def fake_generate(model, processing, prompts, **settings):
+        prompts = [p for p in prompts for _ in range(settings["num_samples"])]
         calls.append((len(prompts), settings))
         answers, counters = [], {}
         for prompt in prompts:
@@ -48,7 +49,7 @@ def fixed_generation(monkeypatch):
             counters[text] = counters.get(text, 0) + 1
         return answers, {"n": len(prompts), "seconds": 0.0}
 
-    monkeypatch.setattr(eval.runner, "generate", fake_generate)
+    monkeypatch.setattr(mmdpo.inference, "generate_texts", fake_generate)
     return calls
 
 
@@ -92,12 +93,12 @@ def test_text_pairs_best_vs_worst_with_the_ifeval_scorer(tmp_path, tiny_llama_di
     def fake_generate(model, processing, prompts, **settings):
         seen: dict[str, int] = {}
         out = []
-        for prompt in prompts:
+        for prompt in [p for p in prompts for _ in range(settings["num_samples"])]:
             out.append(fixed[prompt.text][seen.get(prompt.text, 0)])
             seen[prompt.text] = seen.get(prompt.text, 0) + 1
         return out, {}
 
-    monkeypatch.setattr(eval.runner, "generate", fake_generate)
+    monkeypatch.setattr(mmdpo.inference, "generate_texts", fake_generate)
     prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
     out = tmp_path / "pairs.jsonl"
     args = pairs_args(

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from eval.base import user_prompt
-from eval.runner import generate
+from mmdpo.inference import InferenceModel
 from mmdpo.models.loading import load_policy
 
 
@@ -26,9 +26,7 @@ def test_prepare_smollm2_writes_a_loadable_safetensors_folder(tmp_path):
     assert prepare_smollm2(out) == out and weights.stat().st_mtime_ns == stamp, "cached"
     model, tokenizer, info = load_policy(out, prepare_for_training=False)
     assert info.eos_token_ids and tokenizer.chat_template
-    (answer,), _ = generate(
-        model,
-        tokenizer,
+    (answer,), _ = InferenceModel(model, tokenizer, is_vlm=False).generate(
         [user_prompt("What is the capital of France?")],
         max_new_tokens=12,
         progress=False,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import eval.runner
+import mmdpo.inference
 import tasks.smol
 from mmdpo.cli import main
 from tasks.smol_data import word_problems
@@ -57,20 +57,21 @@ def answers_half_right(monkeypatch):
     appended to every even sample of a prompt and a wrong one to every odd sample, so each
     problem has a correct and an incorrect response. Greedy (eval) answers are untouched."""
     gold = {row["prompt"]: int(row["answer"]) for row in word_problems(64, seed=0)}
-    real_generate = eval.runner.generate
+    real_generate = mmdpo.inference.generate_texts
 
     def generate(model, processing, prompts, **settings):
         responses, stats = real_generate(model, processing, prompts, **settings)
         if settings.get("greedy", True):
             return responses, stats
         counts: dict[str, int] = {}
-        for index, prompt in enumerate(prompts):
+        samples = [p for p in prompts for _ in range(settings["num_samples"])]
+        for index, prompt in enumerate(samples):
             seen = counts[prompt.text] = counts.get(prompt.text, 0) + 1
             answer = gold[prompt.text] + (0 if seen % 2 else 1)
             responses[index] = f"{responses[index]} The answer is {answer}."
         return responses, stats
 
-    monkeypatch.setattr(eval.runner, "generate", generate)
+    monkeypatch.setattr(mmdpo.inference, "generate_texts", generate)
 
 
 def test_math_preset_pairs_correct_against_incorrect(tmp_path, tiny_llama_dir, answers_half_right):

@@ -1,0 +1,388 @@
+"""A model for inference, loaded once: generate text, score pairs against the reference.
+
+The narrow interface that evals, pair building and presets use, after lm-evaluation-harness's
+``LM`` (``generate_until``, ``loglikelihood``):
+
+- :meth:`InferenceModel.load`: a model folder or hub id, or an mmdpo run folder (its base
+  model with the adapter of its latest checkpoint), optionally with a run's adapter on top;
+- :meth:`InferenceModel.generate`: chat prompts in, responses out (batched, stop strings,
+  greedy or sampled, ``num_samples`` per prompt);
+- :meth:`InferenceModel.loglikelihood`: the summed response log-probs of preference pairs,
+  with the adapter on (the policy) or off (the reference);
+- :meth:`InferenceModel.reward_margins`: DPO's implicit reward margin of each pair,
+  ``β[(ℓw − ℓw⁰) − (ℓl − ℓl⁰)]``, with the run's β and mean or summed log-probs.
+
+Three functions stand between this interface and its implementations, one each:
+:func:`generate_texts` (how text is generated), :func:`read_run` (which checkpoint, which
+config, which calibration of a run folder) and :func:`margin_settings` (β and mean or sum).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from mmdpo.types import Message, PreferenceSample
+
+RUN_CONFIG = "config.yaml"
+DEFAULT_MAX_LENGTH = 1024
+
+
+class InferenceError(ValueError):
+    """A model, adapter or run folder that cannot serve the request; the message says why."""
+
+
+class ChatPrompt(Protocol):
+    """What :meth:`InferenceModel.generate` reads of a prompt (``eval.base.Prompt`` is one).
+
+    ``messages``: chat messages; a message with images carries one ``{"type": "image"}`` part
+    per entry of ``images`` (paths, bytes or PIL images), in order.
+    """
+
+    messages: list[Message]
+    images: list[Any]
+
+
+# ---------------------------------------------------------------------------- the three seams
+
+
+def generate_texts(model: Any, processing: Any, prompts: Sequence[Any], **settings: Any):
+    """THE generation implementation behind :meth:`InferenceModel.generate`: swap it here.
+
+    Today: ``mmdpo.generation.generate`` (transformers' ``generate`` over left-padded
+    batches; ``num_samples`` copies of each prompt, no shared prefill). A replacement takes
+    the same arguments (``is_vlm``, ``max_new_tokens``, ``stop``, ``num_samples``,
+    ``batch_size``, ``greedy``, ``temperature``, ``top_p``, ``progress``, ``desc``) and returns
+    ``(responses, stats)``: the responses flat and prompt by prompt, ``stats`` with ``n``,
+    ``seconds``, ``samples_per_s``, ``new_tokens`` and ``tokens_per_s``.
+    """
+    from mmdpo.generation import generate
+
+    return generate(model, processing, prompts, **settings)
+
+
+@dataclass
+class RunInfo:
+    """What inference needs of an mmdpo run (see :func:`read_run`).
+
+    Attributes:
+        checkpoint: the checkpoint folder whose adapter is used.
+        config: the run's ``config.yaml`` as a dict ({} when the checkpoint has no run).
+    """
+
+    checkpoint: Path
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_model(self) -> str:
+        return str(self.config.get("model", {}).get("name_or_path") or "")
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config.get("data", {}).get("max_length") or DEFAULT_MAX_LENGTH)
+
+    @property
+    def calibration_file(self) -> Path:
+        return self.checkpoint / "calibration.json"
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """An mmdpo run: a folder with ``config.yaml`` and a ``checkpoints/`` folder."""
+    path = Path(path)
+    return (path / RUN_CONFIG).is_file() and (path / "checkpoints").is_dir()
+
+
+def read_run(path: str | Path) -> RunInfo:
+    """THE reading of a run folder (its latest complete checkpoint and config), or of a
+    checkpoint folder given as is; one place to swap for a run-folder abstraction.
+
+    Raises:
+        InferenceError: neither a run with a complete checkpoint nor a PEFT adapter folder.
+    """
+    from mmdpo.checkpoint import latest_checkpoint
+    from mmdpo.config import read_yaml
+
+    path = Path(path)
+    if is_run_folder(path):
+        checkpoint = latest_checkpoint(path)
+        if checkpoint is None:
+            raise InferenceError(f"run {path} has no complete checkpoint under {path}/checkpoints")
+        return RunInfo(checkpoint, read_yaml(path / RUN_CONFIG))
+    if (path / "adapter_config.json").is_file():
+        run = path.parent.parent  # <run>/checkpoints/step-N
+        config = read_yaml(run / RUN_CONFIG) if (run / RUN_CONFIG).is_file() else {}
+        return RunInfo(path, config)
+    raise InferenceError(
+        f"{path} is neither an mmdpo run folder (config.yaml + checkpoints/) nor a PEFT "
+        "adapter folder (adapter_config.json)"
+    )
+
+
+def margin_settings(run_config: dict[str, Any]) -> tuple[float, bool, str]:
+    """THE resolution of (β, mean log-probs?, loss name) from a run's loss settings; the
+    default loss otherwise. One place to swap for the run's resolved loss setting."""
+    from mmdpo.config import LossSettings
+    from mmdpo.losses import get_loss
+
+    loss = {**vars(LossSettings()), **run_config.get("loss", {})}
+    spec = get_loss(loss["name"])
+    hyperparams = spec.resolve_kwargs(loss.get("kwargs") or {})
+    average = (
+        spec.length_normalized
+        if loss.get("length_normalized") is None
+        else bool(loss["length_normalized"])
+    )
+    return float(hyperparams.get("beta", 1.0)), bool(average), spec.name
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+@dataclass
+class InferenceModel:
+    """A model ready for inference and what it was loaded from.
+
+    Attributes:
+        model, processing: the (possibly PEFT-wrapped) model and its tokenizer or processor.
+        is_vlm: an image-text-to-text model with a processor.
+        base: the base model's name or path.
+        run: the run whose adapter is on, or None.
+        dtype: dtype of the weights.
+    """
+
+    model: Any
+    processing: Any
+    is_vlm: bool
+    base: str = ""
+    run: RunInfo | None = None
+    dtype: str = "float32"
+
+    @property
+    def adapter(self) -> str | None:
+        """The checkpoint folder of the adapter, or None."""
+        return str(self.run.checkpoint) if self.run is not None else None
+
+    @property
+    def run_config(self) -> dict[str, Any]:
+        return self.run.config if self.run is not None else {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processing.tokenizer if self.is_vlm else self.processing
+
+    @classmethod
+    def load(
+        cls, model: str | Path, adapter: str | Path | None = None, *, dtype: str | None = None
+    ) -> InferenceModel:
+        """Load a model folder or hub id, or an mmdpo run, plus an optional adapter on top.
+
+        The base model is loaded with the run's model settings (kind, quantization, remote
+        code), frozen; ``dtype`` defaults to the run's (bfloat16 on CUDA, float32 on CPU
+        without a run).
+
+        Raises:
+            InferenceError: a run without a checkpoint or base model, two adapters.
+        """
+        from mmdpo.models.loading import load_policy
+
+        run = None
+        base = str(model)
+        if is_run_folder(model):
+            run = read_run(model)
+            base = run.base_model
+            if not base:
+                raise InferenceError(f"{model}/{RUN_CONFIG} names no model.name_or_path")
+        if adapter is not None:
+            if run is not None:
+                raise InferenceError(
+                    "--model is already a run folder with an adapter; drop --adapter"
+                )
+            run = read_run(adapter)
+        settings = run.config.get("model", {}) if run is not None else {}
+        default_dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+        dtype = dtype or settings.get("dtype") or default_dtype
+        quantization = settings.get("quantization", "none")
+        loaded, processing, info = load_policy(
+            base,
+            kind=settings.get("kind", "auto"),
+            quantization=quantization,
+            quant_type=settings.get("quant_type", "nf4"),
+            double_quant=settings.get("double_quant", True),
+            dtype=dtype,
+            trust_remote_code=bool(settings.get("trust_remote_code", False)),
+            prepare_for_training=False,
+        )
+        if quantization == "none" and torch.cuda.is_available():
+            loaded = loaded.to("cuda")
+        if run is not None:
+            from peft import PeftModel
+
+            loaded = PeftModel.from_pretrained(loaded, str(run.checkpoint), is_trainable=False)
+        loaded.eval()
+        return cls(loaded, processing, info.is_vlm, base, run, str(dtype))
+
+    # ------------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        prompts: Sequence[ChatPrompt],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        num_samples: int = 1,
+        batch_size: int = 8,
+        greedy: bool = True,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        progress: bool = True,
+        desc: str = "generating",
+    ) -> tuple[list[str], dict[str, Any]]:
+        """``num_samples`` responses to each prompt and throughput statistics.
+
+        Args:
+            prompts: chat prompts; a VLM prompt's images go through the processor.
+            max_new_tokens: cap on generated tokens per response.
+            stop: strings that end a response; the response is cut before the first one.
+            num_samples: responses per prompt (sampling; greedy copies are identical).
+            batch_size: sequences per generation call.
+            greedy: greedy decoding; otherwise sampling with ``temperature`` and ``top_p``.
+            seed: seeds python, numpy and torch first (reproducible sampling).
+
+        Returns:
+            ``(responses, stats)``: responses flat, prompt by prompt (prompt ``i``'s at
+            ``i * num_samples`` onwards); ``stats``: ``n``, ``seconds``, ``samples_per_s``,
+            ``new_tokens``, ``tokens_per_s``.
+        """
+        if seed is not None:
+            from transformers import set_seed
+
+            set_seed(seed)
+        return generate_texts(
+            self.model, self.processing, prompts, is_vlm=self.is_vlm,
+            max_new_tokens=max_new_tokens, stop=stop, num_samples=num_samples,
+            batch_size=batch_size, greedy=greedy, temperature=temperature, top_p=top_p,
+            progress=progress, desc=desc,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------ scoring
+
+    def calibrate(self, samples: list[PreferenceSample]) -> tuple[list[PreferenceSample], str]:
+        """Scores on the run's calibrated scale (its checkpoint's calibration.json), as in
+        training; groups the run never saw keep their raw scores. Returns the samples and
+        what was applied."""
+        from mmdpo.calibration import Calibration
+
+        path = self.run.calibration_file if self.run is not None else None
+        if path is None or not path.is_file():
+            return samples, "none (no run calibration)"
+        calibration = Calibration.load(path)
+        if calibration.method == "none":
+            return samples, "none"
+        calibration.on_unknown = "raw"
+        return [calibration.apply(sample) for sample in samples], f"{calibration.method} ({path})"
+
+    def _batches(
+        self, samples: Sequence[PreferenceSample], batch_size: int, max_length: int | None
+    ) -> Iterator[Any]:
+        """The samples through the engine's transform and collator, batch by batch."""
+        from mmdpo.data.collate import PreferenceCollator
+        from mmdpo.data.transform import PairTransform, TransformSettings
+
+        max_length = max_length or (self.run.max_length if self.run else DEFAULT_MAX_LENGTH)
+        transform = PairTransform(
+            self.processing, TransformSettings(max_length=max_length), is_vlm=self.is_vlm
+        )
+        collate = PreferenceCollator(self.tokenizer.pad_token_id)
+        device = self.device
+        for first in range(0, len(samples), batch_size):
+            chunk = samples[first : first + batch_size]
+            yield collate([transform(sample) for sample in chunk]).to(device)
+
+    def _reference(self) -> Any:
+        """The reference of inference: this model with its adapter off (as in training)."""
+        from mmdpo.forward import unwrap
+        from mmdpo.reference import ReferenceModel
+
+        if not hasattr(unwrap(self.model), "disable_adapter"):
+            raise InferenceError(
+                "preference margins compare the model with its adapter on and off: give a run "
+                "folder as --model, or --adapter RUN"
+            )
+        return ReferenceModel("adapter_off", policy=self.model)
+
+    @torch.inference_mode()
+    def loglikelihood(
+        self,
+        samples: Sequence[PreferenceSample],
+        *,
+        reference: bool = False,
+        batch_size: int = 8,
+        max_length: int | None = None,
+    ) -> Any:
+        """Summed response log-probs and token counts of each pair (a ``PairLogps``, shapes
+        (N,)): the policy's, or with ``reference`` the model's with its adapter off."""
+        from mmdpo.forward import PairLogps, concatenated_forward
+
+        self.model.eval()
+        ref = self._reference() if reference else None
+        parts = [
+            ref.logps(batch) if ref is not None else concatenated_forward(self.model, batch)
+            for batch in self._batches(samples, batch_size, max_length)
+        ]
+        return PairLogps(*(torch.cat([getattr(p, k) for p in parts]) for k in vars(parts[0])))
+
+    @torch.inference_mode()
+    def reward_margins(
+        self,
+        samples: Sequence[PreferenceSample],
+        *,
+        beta: float | None = None,
+        average: bool | None = None,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        progress: bool = True,
+    ) -> tuple[list[float], dict[str, Any]]:
+        """The implicit reward margin of each pair, and timing statistics.
+
+        ``margin = β[(ℓw − ℓw⁰) − (ℓl − ℓl⁰)]``: ℓ the policy's (adapter on) and ℓ⁰ the
+        reference's (adapter off) response log-probs, per-token means when ``average`` else
+        sums. ``beta`` and ``average`` default to the run's (:func:`margin_settings`).
+
+        Raises:
+            InferenceError: the model has no adapter to switch off (the margin would be 0).
+        """
+        from tqdm.auto import tqdm
+
+        from mmdpo.forward import concatenated_forward
+
+        run_beta, run_average, _ = margin_settings(self.run_config)
+        beta = run_beta if beta is None else beta
+        average = run_average if average is None else average
+        reference = self._reference()
+        self.model.eval()
+        margins: list[float] = []
+        start = time.perf_counter()
+        bar = tqdm(total=len(samples), desc="preference margins", unit="pair", disable=not progress)
+        for batch in self._batches(samples, batch_size, max_length):
+            policy, ref = concatenated_forward(self.model, batch), reference.logps(batch)
+            chosen = policy.chosen(average) - ref.chosen(average)
+            rejected = policy.rejected(average) - ref.rejected(average)
+            margins += (beta * (chosen - rejected)).float().tolist()
+            bar.update(batch.num_pairs)
+        bar.close()
+        seconds = time.perf_counter() - start
+        return margins, {
+            "n": len(samples),
+            "seconds": round(seconds, 3),
+            "samples_per_s": round(len(samples) / seconds, 4) if seconds else float("nan"),
+        }
