@@ -10,8 +10,8 @@ Two ways a model answers a benchmark, after lm-evaluation-harness's narrow model
   the adapter off (as in training).
 
 A run folder of mmdpo (``config.yaml`` and ``checkpoints/step-*/``) stands for its base model
-(``model.name_or_path`` of its config) with the adapter of its latest checkpoint; its loss
-settings give β and mean vs summed log-probs for the margins.
+(``model.name_or_path`` of its config) with the adapter of its newest checkpoint that verifies;
+its resolved loss setting gives β and mean vs summed log-probs for the margins.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import torch
 from eval.base import Benchmark, EvalData, Prompt
 from eval.registry import get_benchmark
 from eval.results import EvalResult, make_result
-from mmdpo.checkpoint import latest_checkpoint
+from mmdpo.checkpoint import CALIBRATION_FILE, MANIFEST, CheckpointError, verified_checkpoint
 from mmdpo.config import read_yaml
 from mmdpo.data.transform import FALLBACK_CHAT_TEMPLATE, load_image
-
-RUN_CONFIG = "config.yaml"
+from mmdpo.run_folder import CONFIG_FILE as RUN_CONFIG
+from mmdpo.run_folder import RunFolder
 
 
 class EvalError(ValueError):
@@ -295,8 +295,7 @@ class LoadedModel:
 
 def is_run_folder(path: str | Path) -> bool:
     """An mmdpo run: a folder with ``config.yaml`` and a ``checkpoints/`` folder."""
-    path = Path(path)
-    return (path / RUN_CONFIG).is_file() and (path / "checkpoints").is_dir()
+    return RunFolder(path).is_run()
 
 
 def resolve_adapter(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -307,11 +306,18 @@ def resolve_adapter(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """
     path = Path(path)
     if is_run_folder(path):
-        checkpoint = latest_checkpoint(path)
+        checkpoint = RunFolder(path).latest_checkpoint()
         if checkpoint is None:
-            raise EvalError(f"run {path} has no complete checkpoint under {path}/checkpoints")
+            raise EvalError(
+                f"run {path} has no complete checkpoint that verifies under {path}/checkpoints"
+            )
         return checkpoint, read_yaml(path / RUN_CONFIG)
     if (path / "adapter_config.json").is_file():
+        if (path / MANIFEST).is_file():  # an mmdpo checkpoint: used only if it verifies
+            try:
+                verified_checkpoint(path)
+            except CheckpointError as err:
+                raise EvalError(str(err)) from None
         run = path.parent.parent  # <run>/checkpoints/step-N
         config = read_yaml(run / RUN_CONFIG) if (run / RUN_CONFIG).is_file() else {}
         return path, config
@@ -380,17 +386,11 @@ def load_for_eval(
 def margin_settings(run_config: dict[str, Any]) -> tuple[float, bool, str]:
     """(β, mean log-probs?, loss name) from a run's loss settings; the default loss otherwise."""
     from mmdpo.config import LossSettings
-    from mmdpo.losses import get_loss
+    from mmdpo.losses import resolve_loss
 
     loss = {**vars(LossSettings()), **run_config.get("loss", {})}
-    spec = get_loss(loss["name"])
-    hyperparams = spec.resolve_kwargs(loss.get("kwargs") or {})
-    average = (
-        spec.length_normalized
-        if loss.get("length_normalized") is None
-        else bool(loss["length_normalized"])
-    )
-    return float(hyperparams.get("beta", 1.0)), bool(average), spec.name
+    setting = resolve_loss(loss["name"], loss.get("kwargs"), loss.get("length_normalized"))
+    return float(setting.hyperparams.get("beta", 1.0)), setting.average, setting.name
 
 
 # ---------------------------------------------------------------------------- benchmarks
@@ -550,7 +550,7 @@ def _calibrated_items(
     from eval.preference import to_sample
     from mmdpo.calibration import Calibration
 
-    path = Path(adapter) / "calibration.json" if adapter else None
+    path = Path(adapter) / CALIBRATION_FILE if adapter else None
     if path is None or not path.is_file():
         return items, "none (no run calibration)"
     calibration = Calibration.load(path)

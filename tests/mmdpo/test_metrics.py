@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from mmdpo.config import ConfigError
 from mmdpo.metrics import (
     MetricsAccumulator,
     Throughput,
@@ -25,7 +26,7 @@ from mmdpo.metrics import (
 from mmdpo.metrics_log import (
     MetricsWriter,
     ProgressBar,
-    available_trackers,
+    check_trackers,
     plot_metrics,
     read_metrics,
 )
@@ -250,36 +251,47 @@ def test_writer_appends_lines_and_truncates_on_resume(tmp_path):
     assert read_metrics(tmp_path / "metrics.jsonl") == []
 
 
-def test_writer_forwards_to_accelerate_trackers_and_only_main_writes(tmp_path):
-    class FakeAccelerator:
-        def __init__(self):
-            self.calls = []
+def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the event files under ``folder``, read back with tensorboard itself."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-        def log(self, values, step):
-            self.calls.append((values, step))
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {
+        tag: [(event.step, event.value) for event in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+    }
 
-    accelerator = FakeAccelerator()
-    with MetricsWriter(tmp_path, ("jsonl", "tensorboard"), accelerator) as writer:
-        writer.log({"loss": 0.5, "grad_norm": float("inf")}, 3)
-    assert accelerator.calls == [({"loss": 0.5}, 3)]
+
+def test_tensorboard_tracker_writes_event_files_and_only_main_writes(tmp_path):
+    with MetricsWriter(tmp_path, ("tensorboard",)) as writer:
+        writer.log({"loss": 0.5, "grad_norm": float("inf"), "note": "text"}, 3)
+        writer.log({"loss": 0.25}, 4)
+    # metrics.jsonl is always written; tensorboard gets the finite numbers.
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [3, 4]
+    assert tensorboard_scalars(tmp_path / "tensorboard") == {"loss": [(3, 0.5), (4, 0.25)]}
 
     other = tmp_path / "rank1"
-    MetricsWriter(other, is_main_process=False).log({"loss": 1.0}, 1)
-    assert not (other / "metrics.jsonl").exists()
+    MetricsWriter(other, ("tensorboard",), is_main_process=False).log({"loss": 1.0}, 1)
+    assert not other.exists()
 
     with pytest.raises(ValueError, match="valid: jsonl, tensorboard, wandb"):
         MetricsWriter(tmp_path, ("jsonl", "mlflow"))
 
 
-def test_available_trackers(monkeypatch):
-    import accelerate.utils
+def test_trackers_are_checked_before_a_run(monkeypatch):
+    import importlib.util
 
-    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: True)
-    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
-    with pytest.warns(UserWarning, match="'wandb' is not installed"):
-        assert available_trackers(["jsonl", "tensorboard", "wandb"]) == ["tensorboard"]
-    with pytest.raises(ValueError, match="unknown tracker 'comet'"):
-        available_trackers(["comet"])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name)
+    )
+    assert check_trackers(["jsonl", "tensorboard", "tensorboard"]) == ["tensorboard"]
+    assert check_trackers([]) == []
+    with pytest.raises(ConfigError, match="train.trackers: wandb is not installed .pip install"):
+        check_trackers(["jsonl", "wandb"])
+    with pytest.raises(ConfigError, match="unknown tracker 'comet'"):
+        check_trackers(["comet"])
 
 
 def write_run(path, with_weights: bool) -> None:
