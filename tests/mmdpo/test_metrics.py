@@ -30,6 +30,7 @@ from mmdpo.metrics_log import (
     plot_metrics,
     read_metrics,
 )
+from tests.fixtures import tensorboard_scalars
 
 
 def three_pairs() -> dict:
@@ -249,18 +250,6 @@ def test_writer_appends_lines_and_truncates_on_resume(tmp_path):
     # A fresh run into the same folder starts the file anew.
     MetricsWriter(tmp_path).close()
     assert read_metrics(tmp_path / "metrics.jsonl") == []
-
-
-def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the event files under ``folder``, read back with tensorboard itself."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(folder))
-    events.Reload()
-    return {
-        tag: [(event.step, event.value) for event in events.Scalars(tag)]
-        for tag in events.Tags()["scalars"]
-    }
 
 
 def test_tensorboard_tracker_writes_event_files_and_only_main_writes(tmp_path):
