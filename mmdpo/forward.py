@@ -14,11 +14,7 @@ from typing import Any
 
 import torch
 
-from mmdpo.logprobs import (
-    response_prediction_mask,
-    selected_sequence_logps,
-    sequence_logps,
-)
+from mmdpo.logprobs import response_prediction_mask, selected_sequence_logps
 from mmdpo.types import PreferenceBatch
 
 QWEN_VL_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
@@ -162,54 +158,6 @@ def forward_logits(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **kwargs
     )
     return out.logits
-
-
-def naive_forward_logits(model: Any, batch: PreferenceBatch) -> torch.Tensor:
-    """Reference implementation: pixel values passed for every row, images encoded twice.
-
-    Used only in tests to show that :func:`forward_logits` gives the same numbers.
-    """
-    kwargs: dict[str, Any] = {}
-    if batch.image_inputs:
-        if batch.rejected_image_inputs:
-            raise NotImplementedError("the naive forward covers shared images only")
-        inputs = batch.image_inputs
-        family = model_family(model)
-        if family in QWEN_VL_FAMILIES:
-            grid = inputs["image_grid_thw"]
-            patches = grid.prod(-1).tolist()
-            chunks = list(torch.split(inputs["pixel_values"], patches))
-            kwargs["pixel_values"] = torch.cat(chunks + chunks)
-            kwargs["image_grid_thw"] = torch.cat([grid, grid])
-            kwargs["mm_token_type_ids"] = (batch.input_ids == model.config.image_token_id).int()
-        elif family == "idefics3":
-            # (2B rows, max images per row, C, H, W), zero images as padding (the model drops
-            # all-zero images): each row gets its own pair's images.
-            for key in ("pixel_values", "pixel_attention_mask"):
-                if key not in inputs:
-                    continue
-                rows = [
-                    inputs[key][batch.image_pairs == (row % batch.num_pairs)]
-                    for row in range(2 * batch.num_pairs)
-                ]
-                most = max(r.shape[0] for r in rows)
-                kwargs[key] = torch.stack(
-                    [torch.cat([r, r.new_zeros((most - r.shape[0], *r.shape[1:]))]) for r in rows]
-                )
-        else:
-            kwargs["pixel_values"] = torch.cat([inputs["pixel_values"]] * 2)
-    out = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **kwargs
-    )
-    return out.logits
-
-
-def pair_logps(logits: torch.Tensor, batch: PreferenceBatch) -> PairLogps:
-    """Summed response log-probs and token counts from the logits of all 2B rows."""
-    out = sequence_logps(logits, batch.input_ids, batch.loss_mask, average=False)
-    n = batch.num_pairs
-    counts = out.token_counts.to(out.logps.dtype)
-    return PairLogps(out.logps[:n], out.logps[n:], counts[:n], counts[n:])
 
 
 def concatenated_forward(model: Any, batch: PreferenceBatch) -> PairLogps:

@@ -14,12 +14,10 @@ from scipy.stats import spearmanr
 from mmdpo.config import ConfigError
 from mmdpo.metrics import (
     MetricsAccumulator,
-    Throughput,
     average_ranks,
     effective_sample_size,
     nonfinite_reason,
     peak_memory_bytes,
-    score_reward_spearman,
     spearman,
     summarize_pairs,
 )
@@ -212,15 +210,14 @@ def test_spearman_drops_nan_and_handles_degenerate_input():
 
 
 def test_score_reward_spearman_uses_margins():
-    """Score margins [1, 2, 3, NaN] against reward margins [0.1, 0.3, 0.2, 9]: the unscored
-    pair is left out; ranks [1, 2, 3] vs [1, 3, 2] give 1 - 6·2/(3·8) = 0.5."""
-    rho = score_reward_spearman(
-        torch.tensor([2.0, 3.0, 4.0, float("nan")]),
-        torch.tensor([1.0, 1.0, 1.0, 0.0]),
-        torch.tensor([0.2, 0.5, 0.2, 9.0]),
-        torch.tensor([0.1, 0.2, 0.0, 0.0]),
-    )
-    assert rho == pytest.approx(0.5)
+    """As the trainer computes eval/spearman_score_reward: score margins [1, 2, 3, NaN]
+    against reward margins [0.1, 0.3, 0.2, 9]: the unscored pair is left out; ranks
+    [1, 2, 3] vs [1, 3, 2] give 1 - 6·2/(3·8) = 0.5."""
+    score_margins = (torch.tensor([2.0, 3.0, 4.0, float("nan")]) - torch.tensor(1.0)).tolist()
+    reward_margins = (
+        torch.tensor([0.2, 0.5, 0.2, 9.0]) - torch.tensor([0.1, 0.2, 0.0, 0.0])
+    ).tolist()
+    assert spearman(score_margins, reward_margins) == pytest.approx(0.5)
 
 
 def test_writer_appends_lines_and_truncates_on_resume(tmp_path):
@@ -356,12 +353,6 @@ def test_nonfinite_reason():
     assert nonfinite_reason(0.5, torch.tensor(float("inf"))) == "grad_norm is inf"
 
 
-def test_throughput_and_peak_memory():
-    ticks = iter([10.0, 12.0])
-    throughput = Throughput(clock=lambda: next(ticks))
-    assert throughput.step(pairs=8, tokens=4000) == {
-        "perf/pairs_per_s": 4.0,
-        "perf/tokens_per_s": 2000.0,
-    }
+def test_peak_memory():
     peak = peak_memory_bytes("cpu")
     assert isinstance(peak, int) and peak > 10 * 2**20  # a Python process with torch loaded
