@@ -1,8 +1,11 @@
 """The training loop: setup -> loop -> save, on accelerate, with no Trainer subclass.
 
-``train(config, train_samples, eval_samples)`` is the engine's entry point; the CLI (the
-composition root) loads and validates the data with the adapters and calls it. One process
-on CPU or GPU, or several under ``accelerate launch`` (DDP, DeepSpeed, FSDP).
+``train(config, train_samples, eval_samples)`` is the engine's entry point; the application
+(``tasks.run.train_run``, behind ``mmdpo train`` and ``mmdpo.train(config)``) loads and
+validates the data with the adapters and calls it. One process on CPU or GPU, or several
+under ``accelerate launch`` (DDP, DeepSpeed, FSDP). The run folder (``mmdpo.run_folder``) is
+checked before anything loads, a resume starts from the newest checkpoint that verifies, and
+Ctrl-C ends the run after a whole step with a checkpoint saved.
 """
 
 from __future__ import annotations
