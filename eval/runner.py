@@ -328,13 +328,18 @@ def resolve_adapter(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def load_for_eval(
-    model: str, adapter: str | None = None, *, dtype: str | None = None
+    model: str,
+    adapter: str | None = None,
+    *,
+    dtype: str | None = None,
+    model_settings: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a model folder or hub id, or an mmdpo run, plus an optional adapter run on top.
 
     The base model is loaded with the run's model settings (kind, quantization, remote
-    code), frozen; ``dtype`` defaults to the run's (bfloat16 on CUDA, float32 on CPU
-    without a run).
+    code), frozen; without a run, with ``model_settings`` (a config's ``model`` section, so
+    a base model is evaluated as a run of it trains). ``dtype`` defaults to the run's
+    (bfloat16 on CUDA, float32 on CPU without a run).
     """
     from mmdpo.models.loading import load_policy
 
@@ -350,7 +355,7 @@ def load_for_eval(
         if adapter_path is not None:
             raise EvalError("--model is already a run folder with an adapter; drop --adapter")
         adapter_path, run_config = resolve_adapter(adapter)
-    settings = run_config.get("model", {})
+    settings = run_config.get("model") or model_settings or {}
     dtype = (
         dtype or settings.get("dtype") or ("bfloat16" if torch.cuda.is_available() else "float32")
     )
@@ -419,6 +424,7 @@ def run_benchmarks(
     temperature: float = 1.0,
     dtype: str | None = None,
     progress: bool = True,
+    model_settings: dict[str, Any] | None = None,
 ) -> list[EvalResult]:
     """Load the model once, run each benchmark on it, save each result when ``out_dir``.
 
@@ -431,6 +437,8 @@ def run_benchmarks(
         limit: the first ``limit`` samples of each benchmark.
         max_new_tokens: overrides every benchmark's own cap.
         dtype: weights dtype; default: the run's, else bfloat16 on CUDA and float32 on CPU.
+        model_settings: for a plain ``model``: a config's ``model`` section to load it with
+            (quantization, kind, dtype), as ``load_for_eval`` takes it.
 
     Returns:
         One ``EvalResult`` per benchmark, in the order named.
@@ -447,7 +455,7 @@ def run_benchmarks(
                 "folder as --model, or --adapter RUN"
             )
     datasets = [bench.load(data, limit) for bench in benchmarks]  # data errors before loading
-    loaded = load_for_eval(model, adapter, dtype=dtype)
+    loaded = load_for_eval(model, adapter, dtype=dtype, model_settings=model_settings)
     options = {"batch_size": batch_size, "progress": progress}
     results = []
     for bench, eval_data in zip(benchmarks, datasets, strict=True):

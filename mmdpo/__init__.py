@@ -50,7 +50,7 @@ def train(
     if train_samples is None:
         from tasks.run import train_run
 
-        return train_run(config, resume=resume)
+        return train_run(config, resume=resume).result
     from mmdpo.trainer import train as run_training
 
     return run_training(config, train_samples, eval_samples, resume=resume)

@@ -1,7 +1,7 @@
 """The ``mmdpo`` command: arguments in, the application (``tasks``, ``eval``) called, one clear
 line out for a user's mistake. Nothing imports this module but ``python -m mmdpo``.
 
-    mmdpo train [TASK] [--config FILE] [--resume] [key=value ...]
+    mmdpo train [TASK] [--config FILE] [--resume] [--eval [--eval-limit N]] [key=value ...]
     mmdpo data validate PATH [PATH ...] --format NAME [--images full|header|exists|none]
     mmdpo data inspect PATH [PATH ...] --format NAME [--model M]
     mmdpo data formats
@@ -72,11 +72,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = task.load_config(args.config, overrides)
     else:
         config = load_config(args.config, overrides)
-    from tasks.run import train_run
+    from mmdpo.run_folder import RunFolder
+    from tasks.run import before_after_table, train_run
 
-    result = train_run(config, resume=args.resume)
+    done = train_run(config, resume=args.resume, evaluate=_eval_plan(args, task))
     if not is_main_process():
         return 0
+    result = done.result
     print(f"run folder: {result.run_dir}")
     print(f"final checkpoint: {result.final_checkpoint}")
     from mmdpo.report import REPORT_FILE
@@ -88,7 +90,28 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"  train {key}: {result.train_metrics[key]:.4f}")
     for key, value in sorted(result.eval_metrics.items()):
         print(f"  {key}: {value:.4f}")
+    if done.after:
+        where = RunFolder(result.run_dir).eval_dir
+        print(f"\n{task.name} eval suite (results in {where}/before and {where}/after):")
+        print(before_after_table(done.before, done.after))
     return 0
+
+
+def _eval_plan(args: argparse.Namespace, task: Any) -> Any:
+    """``--eval``: the task's eval suite before and after training; None without it."""
+    if not args.eval:
+        if args.eval_limit is not None or args.eval_data is not None:
+            raise ConfigError("--eval-limit and --eval-data need --eval")
+        return None
+    if task is None:
+        raise ConfigError(
+            "--eval runs a task's eval suite: name the task (mmdpo train text --eval)"
+        )
+    if args.eval_limit is not None and args.eval_limit < 1:
+        raise ConfigError("--eval-limit must be at least 1")
+    from tasks.run import EvalPlan
+
+    return EvalPlan(tuple(task.eval_suite), data=args.eval_data, limit=args.eval_limit)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -254,10 +277,21 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train a LoRA adapter on preference pairs",
-        description="mmdpo train [text|math|vision|mixed] [--config FILE] [key=value ...]",
+        description="mmdpo train [text|math|vision|mixed] [--config FILE] [--resume] "
+        "[--eval [--eval-limit N] [--eval-data PATH]] [key=value ...]",
     )
     train.add_argument("--config", help="YAML config file (see tasks/recipes and README)")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--eval",
+        action="store_true",
+        help="run the task's eval suite on the base model before training and on the run "
+        "after it (results in <output_dir>/eval/before and /after)",
+    )
+    train.add_argument("--eval-limit", type=int, help="with --eval: the first N samples each")
+    train.add_argument(
+        "--eval-data", help="with --eval: benchmark data file or folder (as mmdpo eval --data)"
+    )
     train.add_argument(
         "words",
         nargs="*",

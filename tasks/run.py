@@ -2,7 +2,9 @@
 engine. ``mmdpo train``, ``mmdpo.train(config)`` and the presets all come through here.
 
     from tasks.run import train_run
-    result = train_run(config)                      # loads config.data, trains
+    result = train_run(config).result               # loads config.data, trains
+    done = train_run(config, evaluate=EvalPlan(get_task("text").eval_suite, limit=100))
+    done.before, done.after                         # the task's evals before and after
 
 It lives outside the engine (``mmdpo/``) because it composes the engine with the data
 adapters, which the engine may not import; see docs/architecture.md.
@@ -10,6 +12,8 @@ adapters, which the engine may not import; see docs/architecture.md.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +26,129 @@ from mmdpo.trainer import train as train_engine
 ENTRY_KEYS = ("path", "format", "modality", "source", "columns")
 
 
-def train_run(config: Config, *, resume: bool = False) -> RunResult:
-    """Load and validate ``config.data`` (invalid rows into the run folder), then train.
+@dataclass(frozen=True)
+class EvalPlan:
+    """Benchmarks to run on the base model before training and on the run after it.
 
-    The run folder is checked first: a folder that already holds a run is refused unless
-    ``resume``, before any data or model is loaded.
+    Attributes:
+        benchmarks: names (a task's ``eval_suite``); log-likelihood ones (``preference``)
+            compare the adapter on and off, so they run after training only.
+        data: a data file or a folder laid out like $MMDPO_EVAL_DATA (``mmdpo eval --data``).
+        limit: the first N samples of each benchmark.
+        batch_size: prompts per generation batch.
+        max_new_tokens: a cap on generated tokens (default: each benchmark's own).
+    """
+
+    benchmarks: tuple[str, ...]
+    data: str | None = None
+    limit: int | None = None
+    batch_size: int = 8
+    max_new_tokens: int | None = None
+
+
+@dataclass
+class TrainedRun:
+    """A run's outcome, with the evals before and after when an ``EvalPlan`` was given."""
+
+    result: RunResult
+    before: list[Any] = field(default_factory=list)
+    after: list[Any] = field(default_factory=list)
+
+
+def train_run(
+    config: Config, *, resume: bool = False, evaluate: EvalPlan | None = None
+) -> TrainedRun:
+    """Load and validate ``config.data`` (invalid rows into the run folder), then train;
+    with ``evaluate``, run its benchmarks on the base model first and on the run after.
+
+    The run folder, the data and the benchmarks' data are all checked before any model
+    loads: a folder that already holds a run is refused unless ``resume``.
     """
     folder = RunFolder(config.train.output_dir)
     folder.prepare(resume=resume)
+    if evaluate is not None:
+        _check_eval_plan(evaluate)
     train_samples, eval_samples = load_run_data(config, folder)
-    return train_engine(config, train_samples, eval_samples, resume=resume)
+    before = _evaluate_base(config, evaluate, folder, resume) if evaluate else []
+    result = train_engine(config, train_samples, eval_samples, resume=resume)
+    after = []
+    if evaluate is not None:
+        after = _run_benchmarks(evaluate, evaluate.benchmarks, str(folder.path), config, "after")
+    return TrainedRun(result, before, after)
+
+
+def _check_eval_plan(plan: EvalPlan) -> None:
+    """Every benchmark known and its data readable, before hours of training."""
+    from eval.registry import get_benchmark
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "--eval runs in one process; under accelerate launch train first, then run "
+            "`mmdpo eval SUITE --model RUN`"
+        )
+    for name in plan.benchmarks:
+        try:
+            get_benchmark(name).load(plan.data, plan.limit)
+        except KeyError as err:
+            raise ConfigError(str(err.args[0] if err.args else err)) from None
+
+
+def _evaluate_base(config: Config, plan: EvalPlan, folder: RunFolder, resume: bool) -> list[Any]:
+    """The generation benchmarks on the base model, loaded as the run loads it (same
+    quantization and dtype); kept from the first attempt when a run is resumed."""
+    from eval.registry import get_benchmark
+
+    if resume and (folder.eval_dir / "before").is_dir():
+        return []
+    names = [n for n in plan.benchmarks if get_benchmark(n).kind != "loglikelihood"]
+    if not names:
+        return []
+    return _run_benchmarks(plan, names, config.model.name_or_path, config, "before")
+
+
+def _run_benchmarks(
+    plan: EvalPlan, names: Any, model: str, config: Config, stage: str
+) -> list[Any]:
+    from eval.runner import run_benchmarks
+
+    print(f"eval {stage} training: {', '.join(names)} on {model}", flush=True)
+    return run_benchmarks(
+        list(names),
+        model=model,
+        data=plan.data,
+        limit=plan.limit,
+        batch_size=plan.batch_size,
+        max_new_tokens=plan.max_new_tokens,
+        out_dir=RunFolder(config.train.output_dir).eval_dir / stage,
+        dtype=config.model.dtype,
+        progress=config.train.progress,
+        model_settings=config.to_dict()["model"],
+    )
+
+
+def before_after_table(before: list[Any], after: list[Any]) -> str:
+    """One row per (benchmark, metric): the value before training, after, and the change."""
+    earlier = {(r.benchmark, k): v for r in before for k, v in r.metrics.items()}
+    rows = [("benchmark", "metric", "before", "after", "change")]
+    for result in after:
+        for metric, value in result.metrics.items():
+            old = earlier.get((result.benchmark, metric))
+            change = "" if old is None else _number(value - old)
+            rows.append((result.benchmark, metric, _number(old), _number(value), change))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if any(r.generated for r in [*before, *after]):
+        lines.append("GENERATED: seeded stand-in samples, not the benchmarks; smoke numbers only.")
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
 def data_entries(value: Any, config: Config) -> list[dict[str, Any]]:

@@ -244,7 +244,7 @@ def _run_stages(
     stage("pairs")
 
     print(f"[5/6] train: Uni-DPO + LoRA on {counts['pairs']} pairs")
-    result = train_run(config)
+    result = train_run(config).result
     stage("train")
 
     print("[6/6] eval after: the same prompts, adapter on")

@@ -379,10 +379,13 @@ def test_package_level_train_does_not_import_the_cli(pairs_file, tmp_path):
 import sys, mmdpo, tasks.run
 from mmdpo.config import load_config
 seen = {{}}
-tasks.run.train_engine = lambda config, train, held_out, resume: seen.update(n=len(train))
+def engine(config, train, held_out, resume):
+    seen.update(n=len(train))
+    return "the engine's result"
+tasks.run.train_engine = engine
 config = load_config(None, ["model.name_or_path=m", "data.train={pairs_file}",
                             "data.format=trl", "train.output_dir={run}"])
-mmdpo.train(config)
+assert mmdpo.train(config) == "the engine's result"
 assert seen == {{"n": 8}}, seen
 assert "mmdpo.cli" not in sys.modules, "the CLI was imported"
 """
