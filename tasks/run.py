@@ -7,7 +7,8 @@ engine. ``mmdpo train``, ``mmdpo.train(config)`` and the presets all come throug
     done.before, done.after                         # the task's evals before and after
 
 It lives outside the engine (``mmdpo/``) because it composes the engine with the data
-adapters, which the engine may not import; see docs/architecture.md.
+adapters and the evals, which the engine may not import; and outside the CLI because the CLI
+is only argument parsing, which a Python caller or a preset should not have to go through.
 """
 
 from __future__ import annotations
