@@ -20,6 +20,7 @@ from mmdpo.models.reference import freeze
 from mmdpo.objective import ReferenceModel, adapter_disabled
 from mmdpo.process import is_main_process
 from mmdpo.reference_cache import ReferenceCache, pair_key
+from mmdpo.run_folder import RunFolder
 from mmdpo.types import PreferenceSample, TokenizedPair
 
 
@@ -166,7 +167,7 @@ def prepare_reference(
         if config.reference.quantization == "none":
             ref = ref.to(accelerator.device)  # bitsandbytes places quantized models itself
         return ReferenceModel(mode, model=freeze(ref))
-    cache = ReferenceCache(config.reference.cache_dir or run_dir / "reference_cache")
+    cache = ReferenceCache(config.reference.cache_dir or RunFolder(run_dir).reference_cache_dir)
     identity = reference_identity(config)
     keys = {pair.id: pair_key(pair, identity) for pair in pairs}
     todo = [pair for pair in pairs if keys[pair.id] not in cache]
