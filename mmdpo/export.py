@@ -254,25 +254,29 @@ def model_card(config: Config, run_dir: Path, checkpoint: Path, *, merge: bool, 
         "",
         "## Use",
         "",
-        "```python",
+        *_usage(auto, base, merge),
     ]
+    return "\n".join(lines)
+
+
+def _usage(auto: str, base: str, merge: bool) -> list[str]:
+    """The model card's code block that loads the exported folder."""
     if merge:
-        lines += [
+        code = [
             f"from transformers import {auto}, AutoTokenizer",
             "",
             f'model = {auto}.from_pretrained("path/to/this/folder")',
             'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
         ]
     else:
-        lines += [
+        code = [
             "from peft import PeftModel",
             f"from transformers import {auto}",
             "",
             f'base = {auto}.from_pretrained("{base}")',
             'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
         ]
-    lines += ["```", ""]
-    return "\n".join(lines)
+    return ["```python", *code, "```", ""]
 
 
 def _is_vlm(config: Config) -> bool:
