@@ -166,7 +166,7 @@ def save_checkpoint(
             shutil.rmtree(temporary, ignore_errors=True)
             raise
         if keep_last:
-            prune_checkpoints(run_dir, keep_last)
+            prune_checkpoints(run_dir, keep_last, known_good=final)
     wait()
     return final
 
@@ -325,15 +325,31 @@ def load_checkpoint_calibration(path: str | Path) -> dict[str, Any] | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` complete checkpoints; return the deleted ones.
+def prune_checkpoints(
+    run_dir: str | Path, keep_last: int, *, known_good: Path | None = None
+) -> list[Path]:
+    """Keep the newest ``keep_last`` checkpoints that verify; delete every complete one older
+    than them; return the deleted ones.
 
-    A folder is renamed out of the ``step-<n>`` namespace before it is deleted, so a crash
-    while deleting never leaves a half-deleted folder that looks complete.
+    Only verified checkpoints count, so a damaged one (same size, changed bytes) never takes
+    the place of a good one that a resume could fall back to. ``known_good``: a checkpoint
+    just written (its hashes were computed from these very files), not hashed again. A folder
+    is renamed out of the ``step-<n>`` namespace before it is deleted, so a crash while
+    deleting never leaves a half-deleted folder that looks complete.
     """
     if keep_last <= 0:
         return []
-    doomed = list_checkpoints(run_dir)[:-keep_last]
+    complete = list_checkpoints(run_dir)
+    kept = 0
+    for index in range(len(complete) - 1, -1, -1):
+        folder = complete[index]
+        if folder == known_good or verify_checkpoint(folder) is None:
+            kept += 1
+        if kept == keep_last:
+            doomed = complete[:index]
+            break
+    else:
+        return []
     for folder in doomed:
         _remove_folder(folder)
     return doomed

@@ -407,3 +407,15 @@ def test_rng_state_is_restored(tmp_path):
 def test_no_checkpoint_yet(tmp_path):
     assert latest_checkpoint(tmp_path) is None
     assert list_checkpoints(tmp_path) == []
+
+
+def test_pruning_counts_only_checkpoints_that_verify(tmp_path):
+    """A same-size damaged checkpoint must not push out the good one a resume falls back to."""
+    model = small_model()
+    good = save_checkpoint(tmp_path, 1, model=model, keep_last=2)
+    damaged = save_checkpoint(tmp_path, 2, model=model, keep_last=2)
+    damage(damaged, "same size")
+    newest = save_checkpoint(tmp_path, 3, model=model, keep_last=2)
+    assert list_checkpoints(tmp_path) == [good, damaged, newest]  # step 1 survives
+    save_checkpoint(tmp_path, 4, model=model, keep_last=2)
+    assert list_checkpoints(tmp_path) == [newest, checkpoint_dir(tmp_path, 4)]
