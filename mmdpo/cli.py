@@ -78,20 +78,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     done = train_run(config, resume=args.resume, evaluate=_eval_plan(args, task))
     if not is_main_process():
         return 0
-    result = done.result
+    result, folder = done.result, RunFolder(done.result.run_dir)
     print(f"run folder: {result.run_dir}")
     print(f"final checkpoint: {result.final_checkpoint}")
-    from mmdpo.report import REPORT_FILE
-
-    if (result.run_dir / REPORT_FILE).is_file():
-        print(f"report: {result.run_dir / REPORT_FILE}")
+    if folder.report_file.is_file():
+        print(f"report: {folder.report_file}")
     for key in ("loss", "rewards/accuracies", "rewards/margins"):
         if key in result.train_metrics:
             print(f"  train {key}: {result.train_metrics[key]:.4f}")
     for key, value in sorted(result.eval_metrics.items()):
         print(f"  {key}: {value:.4f}")
     if done.after:
-        where = RunFolder(result.run_dir).eval_dir
+        where = folder.eval_dir
         print(f"\n{task.name} eval suite (results in {where}/before and {where}/after):")
         print(before_after_table(done.before, done.after))
     return 0

@@ -324,4 +324,4 @@ def test_a_failing_plot_never_fails_a_finished_run(tiny_llama_dir, tmp_path, mon
     config = make_config(tiny_llama_dir, tmp_path / "run", "train.max_steps=1", "train.plots=true")
     result = train(config, arithmetic_pairs(4))
     assert result.final_checkpoint.name == "step-000001"
-    assert "warning: plots not written (RuntimeError: no canvas)" in capsys.readouterr().err
+    assert "plots: not written (RuntimeError: no canvas)" in capsys.readouterr().out
