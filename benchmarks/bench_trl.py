@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -248,11 +247,6 @@ def case_flops(case: Case, prepared: dict[str, Any], batch: int, steps: int) -> 
         patches = [p for pair in chunk for p in pair["patches"]]
         out.append(step_flops(info["shape"], rows, patches, case.reference == "precomputed"))
     return out
-
-
-def median_of(runs: list[dict[str, float]], key: str) -> float | None:
-    values = [r[key] for r in runs]
-    return statistics.median(values) if values else None
 
 
 def machine() -> dict[str, str]:

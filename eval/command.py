@@ -55,22 +55,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def default_out_dir(args: argparse.Namespace) -> Path:
     """Where results go without --out: beside the run, or named after the model/predictions."""
     from eval.export import model_file_name
-    from eval.runner import is_run_folder
+    from mmdpo.run_folder import RunFolder
 
     for candidate in (args.adapter, args.model):
-        if candidate and is_run_folder(candidate):
-            return Path(candidate) / "eval"
+        if candidate and RunFolder(candidate).is_run():
+            return RunFolder(candidate).eval_dir
     return Path("eval-results") / model_file_name(args.model or Path(args.predictions).stem)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``mmdpo eval``; user errors are printed and give exit status 2."""
     from eval.runner import EvalError
+    from mmdpo.run_folder import RunFolderError, check_output_dir
 
     out_dir = Path(args.out) if args.out else default_out_dir(args)
     try:
+        check_output_dir(out_dir, "--out")
         results = _evaluate(args, out_dir)
-    except (EvalError, FileNotFoundError, KeyError, ValueError) as error:
+    except (EvalError, RunFolderError, FileNotFoundError, KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mmdpo eval: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -85,6 +87,14 @@ def _evaluate(args: argparse.Namespace, out_dir: Path) -> list[EvalResult]:
 
     if args.limit is not None and args.limit < 1:
         raise EvalError("--limit must be at least 1")
+    if args.predictions is not None and not Path(args.predictions).is_file():
+        raise EvalError(f"--predictions {args.predictions}: no such file")
+    if args.model is not None:
+        from mmdpo.models.source import check_model_source
+
+        check_model_source(args.model, "--model")
+    if args.adapter is not None and not Path(args.adapter).is_dir():
+        raise EvalError(f"--adapter {args.adapter}: no such folder")
     if args.predictions is not None:
         from eval.predictions import score_predictions
 

@@ -58,6 +58,7 @@ def run_benchmarks(
     temperature: float = 1.0,
     dtype: str | None = None,
     progress: bool = True,
+    model_settings: dict[str, Any] | None = None,
 ) -> list[EvalResult]:
     """Load the model once, run each benchmark on it, save each result when ``out_dir``.
 
@@ -70,6 +71,8 @@ def run_benchmarks(
         limit: the first ``limit`` samples of each benchmark.
         max_new_tokens: overrides every benchmark's own cap.
         dtype: weights dtype; default: the run's, else bfloat16 on CUDA and float32 on CPU.
+        model_settings: for a plain ``model``: a config's ``model`` section to load it with
+            (quantization, kind, dtype), as ``InferenceModel.load`` takes it.
 
     Returns:
         One ``EvalResult`` per benchmark, in the order named.
@@ -87,7 +90,7 @@ def run_benchmarks(
             )
     datasets = [bench.load(data, limit) for bench in benchmarks]  # data errors before loading
     try:
-        loaded = InferenceModel.load(model, adapter, dtype=dtype)
+        loaded = InferenceModel.load(model, adapter, dtype=dtype, model_settings=model_settings)
     except InferenceError as error:
         raise EvalError(str(error)) from None
     options = {"batch_size": batch_size, "progress": progress}

@@ -42,14 +42,15 @@ def train(
 ) -> RunResult:
     """Train ``config``'s model; return the run's outcome.
 
-    Without ``train_samples`` the data named in ``config.data`` are loaded and validated with
-    the data adapters (through the CLI's composition root, so the engine itself never imports
-    them); with them, the given ``PreferenceSample`` lists are used as they are.
+    With ``train_samples`` (``PreferenceSample`` lists) the engine trains on them as they
+    are. Without, the data named in ``config.data`` are loaded and validated by the
+    application layer (``tasks.run.train_run``, which composes the engine with the data
+    adapters; the engine itself never imports them, and nothing here imports the CLI).
     """
     if train_samples is None:
-        from mmdpo.cli import train_from_config
+        from tasks.run import train_run
 
-        return train_from_config(config, resume=resume)
+        return train_run(config, resume=resume).result
     from mmdpo.trainer import train as run_training
 
     return run_training(config, train_samples, eval_samples, resume=resume)

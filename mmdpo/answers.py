@@ -313,13 +313,6 @@ _POOL = _WorkerPool(max_workers=max(1, min(4, os.cpu_count() or 1)))
 atexit.register(_POOL.close)
 
 
-def set_verify_workers(max_workers: int) -> None:
-    """How many worker processes ``verify_answer`` may run at once (default min(4, #CPUs))."""
-    if max_workers < 1:
-        raise ValueError(f"max_workers must be >= 1, got {max_workers}")
-    _POOL.max_workers = max_workers
-
-
 def _run_in_thread(check: str, gold: str, text: str, timeout_s: float) -> Any:
     result: list[Any] = []
     thread = threading.Thread(target=lambda: result.append(_CHECKS[check](gold, text)), daemon=True)

@@ -16,7 +16,9 @@ A checkpoint is one folder, ``<run_dir>/checkpoints/step-000123/``::
 Everything is written into ``step-000123.tmp`` first; the manifest is written last, the files
 and folders are fsynced, and only then is the folder renamed into place. So a folder named
 ``step-<n>`` with a valid manifest is complete, and a process killed during a save leaves at
-most a ``.tmp`` folder, which resume ignores and the next save removes.
+most a ``.tmp`` folder, which resume ignores and the next save removes. A checkpoint is used
+only if it still verifies (every file at its size and sha256): ``latest_checkpoint`` skips
+one that was damaged later, with a message that names it and the one used instead.
 
 Every file that ``load_checkpoint`` reads with ``torch.load`` is read with ``weights_only=True``:
 the RNG states are stored as tensors and plain lists, never as numpy objects (DeepSpeed's
@@ -39,6 +41,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -163,7 +166,7 @@ def save_checkpoint(
             shutil.rmtree(temporary, ignore_errors=True)
             raise
         if keep_last:
-            prune_checkpoints(run_dir, keep_last)
+            prune_checkpoints(run_dir, keep_last, known_good=final)
     wait()
     return final
 
@@ -177,14 +180,72 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None.
+def latest_checkpoint(
+    run_dir: str | Path, *, report: Callable[[str], None] | None = None
+) -> Path | None:
+    """The newest checkpoint of a run whose files all match its manifest (sizes and sha256).
 
-    Temporary folders and folders without a manifest that matches their files (sizes) are
-    ignored, never deleted here: ``save_checkpoint`` removes leftovers on the main process.
+    A newer ``step-<n>`` folder that does not verify (a file missing, truncated or changed,
+    no readable manifest) is skipped, and ``report`` (default: print to stderr; pass
+    ``lambda _: None`` to stay quiet) gets one line naming it, why, and the checkpoint used
+    instead. Temporary folders are ignored and never deleted here (``save_checkpoint``
+    removes leftovers). Every caller (resume, eval, export) picks checkpoints through this.
     """
-    complete = list_checkpoints(run_dir)
-    return complete[-1] if complete else None
+    report = report or _print_to_stderr
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return None
+    candidates = sorted(
+        (p for p in root.iterdir() if _COMPLETE_NAME.match(p.name) and p.is_dir()),
+        key=checkpoint_step,
+        reverse=True,
+    )
+    damaged: list[tuple[Path, str]] = []
+    for folder in candidates:
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            for bad, why in damaged:
+                report(f"checkpoint {bad} is damaged ({why}); using {folder} instead")
+            return folder
+        damaged.append((folder, problem))
+    for bad, why in damaged:
+        report(f"checkpoint {bad} is damaged ({why}); no earlier checkpoint verifies")
+    return None
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """None when every file the manifest lists is there with its size and sha256; otherwise
+    the first problem, e.g. ``adapter_model.safetensors: sha256 differs from the manifest``."""
+    path = Path(path)
+    try:
+        files = json.loads((path / MANIFEST).read_text())["files"]
+        entries = [
+            (name, int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"no readable {MANIFEST}"
+    for name, size, _ in entries:  # sizes first: cheap, and they catch truncation
+        file = path / name
+        if not file.is_file():
+            return f"{name}: missing"
+        if file.stat().st_size != size:
+            return f"{name}: {file.stat().st_size} bytes, the manifest says {size}"
+    for name, _, digest in entries:
+        if _sha256(path / name) != digest:
+            return f"{name}: sha256 differs from the manifest"
+    return None
+
+
+def verified_checkpoint(path: str | Path) -> Path:
+    """``path`` itself when it verifies; a CheckpointError naming the problem otherwise."""
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"{path}: not a complete checkpoint that verifies ({problem})")
+    return Path(path)
+
+
+def _print_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def is_complete(path: str | Path) -> bool:
@@ -258,26 +319,37 @@ def load_checkpoint(
     return json.loads((path / TRAIN_STATE_FILE).read_text())
 
 
-def load_checkpoint_config(path: str | Path) -> dict[str, Any]:
-    """The run config saved with a checkpoint."""
-    return json.loads((Path(path) / CONFIG_FILE).read_text())
-
-
 def load_checkpoint_calibration(path: str | Path) -> dict[str, Any] | None:
     """The score-calibration statistics saved with a checkpoint, or None."""
     file = Path(path) / CALIBRATION_FILE
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` complete checkpoints; return the deleted ones.
+def prune_checkpoints(
+    run_dir: str | Path, keep_last: int, *, known_good: Path | None = None
+) -> list[Path]:
+    """Keep the newest ``keep_last`` checkpoints that verify; delete every complete one older
+    than them; return the deleted ones.
 
-    A folder is renamed out of the ``step-<n>`` namespace before it is deleted, so a crash
-    while deleting never leaves a half-deleted folder that looks complete.
+    Only verified checkpoints count, so a damaged one (same size, changed bytes) never takes
+    the place of a good one that a resume could fall back to. ``known_good``: a checkpoint
+    just written (its hashes were computed from these very files), not hashed again. A folder
+    is renamed out of the ``step-<n>`` namespace before it is deleted, so a crash while
+    deleting never leaves a half-deleted folder that looks complete.
     """
     if keep_last <= 0:
         return []
-    doomed = list_checkpoints(run_dir)[:-keep_last]
+    complete = list_checkpoints(run_dir)
+    kept = 0
+    for index in range(len(complete) - 1, -1, -1):
+        folder = complete[index]
+        if folder == known_good or verify_checkpoint(folder) is None:
+            kept += 1
+        if kept == keep_last:
+            doomed = complete[:index]
+            break
+    else:
+        return []
     for folder in doomed:
         _remove_folder(folder)
     return doomed

@@ -1,6 +1,7 @@
-"""The ``mmdpo`` command: the one composition root of engine, data adapters, tasks and evals.
+"""The ``mmdpo`` command: arguments in, the application (``tasks``, ``eval``) called, one clear
+line out for a user's mistake. Nothing imports this module but ``python -m mmdpo``.
 
-    mmdpo train [TASK] [--config FILE] [--resume] [key=value ...]
+    mmdpo train [TASK] [--config FILE] [--resume] [--eval [--eval-limit N]] [key=value ...]
     mmdpo data validate PATH [PATH ...] --format NAME [--images full|header|exists|none]
     mmdpo data inspect PATH [PATH ...] --format NAME [--model M]
     mmdpo data formats
@@ -15,6 +16,7 @@
 
 A user's mistake (bad config, bad data, a wrong combination) prints one clear message and
 exits with status 2, never a traceback; set MMDPO_DEBUG=1 to see the traceback anyway.
+Ctrl-C during training finishes the step, saves, and prints the command that resumes (130).
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
-from mmdpo.config import Config, ConfigError, load_config
+from mmdpo.config import ConfigError, load_config
 from mmdpo.process import is_main_process
 
 EXIT_USER_ERROR = 2
@@ -34,6 +36,7 @@ EXIT_USER_ERROR = 2
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from data_adapters import DataError, UnknownFormatError
+    from mmdpo.checkpoint import CheckpointError
     from mmdpo.models.quantization import QuantizationUnavailableError
     from mmdpo.setup import SetupError
     from mmdpo.trainer import TrainingError
@@ -44,74 +47,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         UnknownFormatError,
         SetupError,
         TrainingError,
+        CheckpointError,
         QuantizationUnavailableError,
         FileNotFoundError,
         ValueError,  # the remaining user mistakes: unknown names, bad arguments, bad rows
     )
-
-
-def _entries(value: Any, config: Config) -> list[dict[str, Any]]:
-    """data.train / data.eval as a list of {path, format, modality, source, columns}."""
-    items = value if isinstance(value, list) else [value]
-    out = []
-    for item in items:
-        entry = {"path": item} if isinstance(item, str) else dict(item)
-        if "path" not in entry:
-            raise ConfigError(f"data: each entry needs a path, got {item!r}")
-        unknown = set(entry) - {"path", "format", "modality", "source", "columns"}
-        if unknown:
-            raise ConfigError(f"data: unknown key(s) {sorted(unknown)} in entry {item!r}")
-        entry.setdefault("format", config.data.format)
-        entry.setdefault("modality", config.data.modality)
-        entry.setdefault("source", config.data.source)
-        entry.setdefault("columns", config.data.columns)
-        out.append(entry)
-    return out
-
-
-def load_run_data(config: Config, run_dir: Path) -> tuple[list[Any], list[Any]]:
-    """Load and validate training and held-out samples; invalid rows go to the run folder."""
-    from data_adapters import adopt_training_sources, load_samples, write_invalid_rows
-    from mmdpo.data.pipeline import split_eval
-
-    grouped = config.data.calibration != "none" or config.loss.kwargs.get("tau_good") == "auto"
-
-    def load(value: Any, train: list[Any] | None = None) -> list[Any]:
-        samples, invalid = [], []
-        for entry in _entries(value, config):
-            result = load_samples(
-                entry["path"],
-                entry["format"],
-                columns=entry["columns"],
-                modality=entry["modality"],
-                source_name=entry["source"],
-                skip_invalid=config.data.skip_invalid,
-            )
-            if train is not None:  # held-out files join the training data's score groups
-                notes = adopt_training_sources(train, result, str(entry["path"]), grouped)
-                if notes and is_main_process():
-                    print("\n".join(notes))
-            samples += result.samples
-            invalid += result.invalid
-        if invalid and is_main_process():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_invalid_rows(invalid, run_dir / "invalid_rows.jsonl")
-            print(f"skipped {len(invalid)} invalid row(s): see {run_dir / 'invalid_rows.jsonl'}")
-        return samples
-
-    train = load(config.data.train)
-    if config.data.eval is not None:
-        return train, load(config.data.eval, train)
-    return split_eval(train, config.data.eval_fraction, config.train.seed)
-
-
-def train_from_config(config: Config, *, resume: bool = False) -> Any:
-    """Load the data with the adapters, then run the engine."""
-    from mmdpo.trainer import train
-
-    run_dir = Path(config.train.output_dir)
-    train_samples, eval_samples = load_run_data(config, run_dir)
-    return train(config, train_samples, eval_samples, resume=resume)
 
 
 def _task_and_overrides(words: list[str]) -> tuple[Any, list[str]]:
@@ -132,21 +72,44 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = task.load_config(args.config, overrides)
     else:
         config = load_config(args.config, overrides)
-    result = train_from_config(config, resume=args.resume)
+    from mmdpo.run_folder import RunFolder
+    from tasks.run import before_after_table, train_run
+
+    done = train_run(config, resume=args.resume, evaluate=_eval_plan(args, task))
     if not is_main_process():
         return 0
+    result, folder = done.result, RunFolder(done.result.run_dir)
     print(f"run folder: {result.run_dir}")
     print(f"final checkpoint: {result.final_checkpoint}")
-    from mmdpo.report import REPORT_FILE
-
-    if (result.run_dir / REPORT_FILE).is_file():
-        print(f"report: {result.run_dir / REPORT_FILE}")
+    if folder.report_file.is_file():
+        print(f"report: {folder.report_file}")
     for key in ("loss", "rewards/accuracies", "rewards/margins"):
         if key in result.train_metrics:
             print(f"  train {key}: {result.train_metrics[key]:.4f}")
     for key, value in sorted(result.eval_metrics.items()):
         print(f"  {key}: {value:.4f}")
+    if done.after:
+        where = folder.eval_dir
+        print(f"\n{task.name} eval suite (results in {where}/before and {where}/after):")
+        print(before_after_table(done.before, done.after))
     return 0
+
+
+def _eval_plan(args: argparse.Namespace, task: Any) -> Any:
+    """``--eval``: the task's eval suite before and after training; None without it."""
+    if not args.eval:
+        if args.eval_limit is not None or args.eval_data is not None:
+            raise ConfigError("--eval-limit and --eval-data need --eval")
+        return None
+    if task is None:
+        raise ConfigError(
+            "--eval runs a task's eval suite: name the task (mmdpo train text --eval)"
+        )
+    if args.eval_limit is not None and args.eval_limit < 1:
+        raise ConfigError("--eval-limit must be at least 1")
+    from tasks.run import EvalPlan
+
+    return EvalPlan(tuple(task.eval_suite), data=args.eval_data, limit=args.eval_limit)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -163,7 +126,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         for name, adapter in ADAPTERS.items():
             print(f"{name:22s} {getattr(adapter, 'summary', '')}")
         return 0
-    columns = dict(pair.split("=", 1) for pair in args.columns) if args.columns else None
+    columns = parse_columns(args.columns)
     if args.data_command == "validate":
         reports = [
             validate(path, args.format, columns=columns, check_images=args.images)
@@ -181,6 +144,22 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.model:
         print("\n" + _token_lengths(samples, args.model))
     return 0
+
+
+def parse_columns(pairs: list[str] | None) -> dict[str, str] | None:
+    """``--columns prompt=question chosen=good`` -> {"prompt": "question", ...}."""
+    if not pairs:
+        return None
+    columns = {}
+    for pair in pairs:
+        field, _, column = pair.partition("=")
+        if not field or not column:
+            raise ConfigError(
+                f"--columns {pair!r}: expected FIELD=COLUMN, e.g. --columns prompt=question "
+                "chosen=good rejected=bad"
+            )
+        columns[field] = column
+    return columns
 
 
 def _token_lengths(samples: list[Any], model: str) -> str:
@@ -296,10 +275,21 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train a LoRA adapter on preference pairs",
-        description="mmdpo train [text|math|vision|mixed] [--config FILE] [key=value ...]",
+        description="mmdpo train [text|math|vision|mixed] [--config FILE] [--resume] "
+        "[--eval [--eval-limit N] [--eval-data PATH]] [key=value ...]",
     )
     train.add_argument("--config", help="YAML config file (see tasks/recipes and README)")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--eval",
+        action="store_true",
+        help="run the task's eval suite on the base model before training and on the run "
+        "after it (results in <output_dir>/eval/before and /after)",
+    )
+    train.add_argument("--eval-limit", type=int, help="with --eval: the first N samples each")
+    train.add_argument(
+        "--eval-data", help="with --eval: benchmark data file or folder (as mmdpo eval --data)"
+    )
     train.add_argument(
         "words",
         nargs="*",
@@ -361,8 +351,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mmdpo {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stopped:
+        # mmdpo.trainer.TrainingInterrupted (not imported here: it pulls in torch) says what
+        # it saved; a plain Ctrl-C outside the training loop says nothing.
+        print(f"mmdpo {args.command}: {stopped or 'interrupted'}", file=sys.stderr)
+        if getattr(stopped, "checkpoint", None) is not None:
+            again = [*argv, *([] if "--resume" in argv else ["--resume"])]
+            print(f"resume with: mmdpo {shlex.join(again)}", file=sys.stderr)
         return 130
 
 

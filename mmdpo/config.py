@@ -14,9 +14,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from mmdpo.losses import LossSetting
 
 QUANTIZATION_MODES = ("none", "8bit", "4bit")
 REFERENCE_MODES = ("adapter_off", "model", "precomputed", "none")
@@ -155,6 +158,32 @@ class LossSettings:
     """Mean (True) or summed (False) per-token log-probs; None = what the loss declares.
     Setting False for uni_dpo reruns the paper's "without length normalisation" ablation."""
 
+    def validate(self) -> None:
+        """The name and every hyperparameter, checked when the config is read (not when the
+        first batch reaches the loss): ``loss.kwargs.beta: expected a positive number``."""
+        from mmdpo.losses import get_loss  # lazy: it imports torch
+
+        try:
+            spec = get_loss(self.name)
+        except ValueError as err:
+            raise ConfigError(f"loss.name: {err}") from None
+        self.kwargs = {key: _number_from_text(value) for key, value in self.kwargs.items()}
+        try:
+            spec.resolve_kwargs(self.kwargs)
+        except ValueError as err:
+            raise ConfigError(f"loss.kwargs: {err}") from None
+        for key, reason in spec.check_values(self.kwargs).items():
+            raise ConfigError(f"loss.kwargs.{key}: {reason}")
+
+    def resolve(self) -> LossSetting:
+        """The loss spec, its hyperparameters and mean-or-sum, as train, eval and export use."""
+        from mmdpo.losses import resolve_loss
+
+        try:
+            return resolve_loss(self.name, self.kwargs, self.length_normalized)
+        except ValueError as err:
+            raise ConfigError(f"loss: {err}") from None
+
 
 @dataclass
 class ReferenceSettings:
@@ -262,7 +291,7 @@ class Config:
 
     def validate(self) -> None:
         """Each section's checks, then the rules that span sections."""
-        for section in (self.model, self.lora, self.data, self.reference, self.train):
+        for section in (self.model, self.lora, self.data, self.loss, self.reference, self.train):
             section.validate()
         if self.model.quantization != "none" and not self.lora.enabled:
             raise ConfigError(
@@ -282,6 +311,17 @@ class Config:
 def _choice(key: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(valid)}")
+
+
+def _number_from_text(value: Any) -> Any:
+    """``"1e-3"`` -> 0.001: YAML 1.1 reads exponents without a dot as strings."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    return value
 
 
 def _is_instance(value: Any, annotation: Any) -> bool:

@@ -1,7 +1,8 @@
 """``mmdpo export RUN --out DIR``: a trained run as a standalone model folder, with a model card.
 
 With ``merge`` (the default) the base model is loaded unquantized in ``dtype`` from the run's
-``model.name_or_path``, the LoRA adapter of the run's latest complete checkpoint is applied and
+``model.name_or_path``, the LoRA adapter of the run's newest checkpoint that verifies (sizes
+and sha256 against its manifest; a damaged newer one is named and skipped) is applied and
 merged into its weights, and the result is saved in Hugging Face format (safetensors) with the
 tokenizer or processor: ``AutoModelForCausalLM.from_pretrained(DIR)`` loads it, no peft needed.
 A run trained on a 4-bit or 8-bit base therefore exports the full-precision base plus the merged
@@ -22,10 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from mmdpo import checkpoint as ckpt
-from mmdpo.config import DTYPES, Config, ConfigError, load_config
-from mmdpo.metrics_log import (
-    read_metrics,
-)
+from mmdpo.config import DTYPES, Config
+from mmdpo.run_folder import RunFolder, RunFolderError, check_output_dir
 
 ADAPTER_FILES = ("adapter_config.json", ckpt.ADAPTER_WEIGHTS)
 
@@ -43,33 +42,31 @@ def _mmdpo_version() -> str:
         return "unknown"
 
 
-def _find_checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
+def _find_checkpoint(folder: RunFolder, checkpoint: str | Path | None) -> Path:
+    """The newest checkpoint that verifies, or the one asked for (which must verify)."""
     if checkpoint is None:
-        found = ckpt.latest_checkpoint(run_dir)
+        found = folder.latest_checkpoint()
         if found is None:
             raise ExportError(
-                f"{run_dir}: no complete checkpoint under {run_dir / ckpt.CHECKPOINTS_DIR} "
-                "(did the run save one? train.save_every, or the run's end, writes it)"
+                f"{folder.path}: no complete checkpoint that verifies under "
+                f"{folder.checkpoints_dir} (did the run save one? train.save_every, or the "
+                "run's end, writes it)"
             )
         return found
     path = Path(checkpoint)
     if not path.is_absolute() and not path.exists():
-        path = run_dir / ckpt.CHECKPOINTS_DIR / path
-    if not ckpt.is_complete(path):
-        raise ExportError(f"{path}: not a complete checkpoint (no valid manifest.json)")
-    return path
-
-
-def _load_run(run_dir: Path) -> Config:
-    if not run_dir.is_dir():
-        raise ExportError(f"{run_dir}: no such run folder")
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise ExportError(f"{run_dir}: no config.yaml; is this an mmdpo run folder?")
+        path = folder.checkpoints_dir / path
     try:
-        return load_config(config_file)
-    except ConfigError as err:
-        raise ExportError(f"{config_file}: {err}") from None
+        return ckpt.verified_checkpoint(path)
+    except ckpt.CheckpointError as err:
+        raise ExportError(str(err)) from None
+
+
+def _load_run(folder: RunFolder) -> Config:
+    try:
+        return folder.config()
+    except RunFolderError as err:
+        raise ExportError(str(err)) from None
 
 
 def _merged_model(config: Config, checkpoint: Path, dtype: str) -> tuple[Any, Any]:
@@ -127,11 +124,16 @@ def export_run(
     """
     if dtype not in DTYPES:
         raise ExportError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    config = _load_run(run_dir)
-    source = _find_checkpoint(run_dir, checkpoint)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ExportError(f"{out_dir}: already exists; choose another --out or remove it")
+    folder, out_dir = RunFolder(run_dir), Path(out_dir)
+    run_dir = folder.path
+    config = _load_run(folder)
+    try:
+        check_output_dir(out_dir, "--out")
+    except RunFolderError as err:
+        raise ExportError(str(err)) from None
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"--out {out_dir}: already exists; choose another --out or remove it")
+    source = _find_checkpoint(folder, checkpoint)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(
         tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent)
@@ -162,8 +164,7 @@ def export_run(
 
 def _final_metrics(run_dir: Path, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The last logged train record and eval record up to ``step``."""
-    path = run_dir / "metrics.jsonl"
-    records = read_metrics(path) if path.is_file() else []
+    records = RunFolder(run_dir).metrics()
     kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= step]
     train = [r for r in kept if "loss" in r and "skipped" not in r]
     evals = [r for r in kept if any(key.startswith("eval/") for key in r)]
@@ -174,26 +175,6 @@ def _final_metrics(run_dir: Path, step: int) -> tuple[dict[str, Any], dict[str, 
     }
     eval_last = {k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("eval/")}
     return train_last, eval_last
-
-
-def _loss_hyperparameters(config: Config) -> dict[str, Any]:
-    from mmdpo.losses import get_loss
-
-    try:
-        return get_loss(config.loss.name).resolve_kwargs(config.loss.kwargs)
-    except ValueError:
-        return dict(config.loss.kwargs)
-
-
-def _length_normalized(config: Config) -> bool | str:
-    if config.loss.length_normalized is not None:
-        return bool(config.loss.length_normalized)
-    from mmdpo.losses import get_loss
-
-    try:
-        return get_loss(config.loss.name).length_normalized
-    except ValueError:
-        return "the loss's default"
 
 
 def _table(values: dict[str, Any], keys: list[str] | None = None) -> list[str]:
@@ -211,7 +192,7 @@ def model_card(config: Config, run_dir: Path, checkpoint: Path, *, merge: bool, 
     """README.md for the exported folder: YAML front matter, then what was trained and how."""
     base = config.model.name_or_path
     step = ckpt.checkpoint_step(checkpoint)
-    hyper = _loss_hyperparameters(config)
+    loss = config.loss.resolve()
     train_metrics, eval_metrics = _final_metrics(run_dir, step)
     is_vlm = _is_vlm(config)
     auto = "AutoModelForImageTextToText" if is_vlm else "AutoModelForCausalLM"
@@ -246,8 +227,8 @@ def model_card(config: Config, run_dir: Path, checkpoint: Path, *, merge: bool, 
         "## Objective",
         "",
         f"- loss: `{config.loss.name}`",
-        "- hyperparameters: " + ", ".join(f"{k}={v}" for k, v in hyper.items()),
-        f"- length-normalized (mean per-token) log-probs: {_length_normalized(config)}",
+        "- hyperparameters: " + ", ".join(f"{k}={v}" for k, v in loss.hyperparams.items()),
+        f"- length-normalized (mean per-token) log-probs: {loss.average}",
         f"- reference: {config.reference.mode}",
         "",
         "## Data",
@@ -273,25 +254,29 @@ def model_card(config: Config, run_dir: Path, checkpoint: Path, *, merge: bool, 
         "",
         "## Use",
         "",
-        "```python",
+        *_usage(auto, base, merge),
     ]
+    return "\n".join(lines)
+
+
+def _usage(auto: str, base: str, merge: bool) -> list[str]:
+    """The model card's code block that loads the exported folder."""
     if merge:
-        lines += [
+        code = [
             f"from transformers import {auto}, AutoTokenizer",
             "",
             f'model = {auto}.from_pretrained("path/to/this/folder")',
             'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
         ]
     else:
-        lines += [
+        code = [
             "from peft import PeftModel",
             f"from transformers import {auto}",
             "",
             f'base = {auto}.from_pretrained("{base}")',
             'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
         ]
-    lines += ["```", ""]
-    return "\n".join(lines)
+    return ["```python", *code, "```", ""]
 
 
 def _is_vlm(config: Config) -> bool:
@@ -336,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
         out = export_run(
             args.run, args.out, merge=args.merge, checkpoint=args.checkpoint, dtype=args.dtype
         )
-    except (ExportError, ckpt.CheckpointError) as err:
+    except (ExportError, ckpt.CheckpointError, RunFolderError) as err:
         print(f"mmdpo export: error: {err}", file=sys.stderr)
         return 2
     print(f"exported to {out}")

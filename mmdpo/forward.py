@@ -21,11 +21,7 @@ from typing import Any
 
 import torch
 
-from mmdpo.logprobs import (
-    response_prediction_mask,
-    selected_sequence_logps,
-    sequence_logps,
-)
+from mmdpo.logprobs import response_prediction_mask, selected_sequence_logps
 from mmdpo.models.families import VLMFamily, family_of
 from mmdpo.types import PreferenceBatch
 
@@ -194,14 +190,6 @@ def forward_logits(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **kwargs
     )
     return out.logits
-
-
-def pair_logps(logits: torch.Tensor, batch: PreferenceBatch) -> PairLogps:
-    """Summed response log-probs and token counts from the logits of all 2B rows."""
-    out = sequence_logps(logits, batch.input_ids, batch.loss_mask, average=False)
-    n = batch.num_pairs
-    counts = out.token_counts.to(out.logps.dtype)
-    return PairLogps(out.logps[:n], out.logps[n:], counts[:n], counts[n:])
 
 
 def concatenated_forward(model: Any, batch: PreferenceBatch) -> PairLogps:

@@ -29,7 +29,6 @@ import torch
 
 from mmdpo.types import Message, PreferenceSample
 
-RUN_CONFIG = "config.yaml"
 DEFAULT_MAX_LENGTH = 1024
 
 
@@ -88,34 +87,46 @@ class RunInfo:
 
     @property
     def calibration_file(self) -> Path:
-        return self.checkpoint / "calibration.json"
+        from mmdpo.checkpoint import CALIBRATION_FILE
+
+        return self.checkpoint / CALIBRATION_FILE
 
 
 def is_run_folder(path: str | Path) -> bool:
     """An mmdpo run: a folder with ``config.yaml`` and a ``checkpoints/`` folder."""
-    path = Path(path)
-    return (path / RUN_CONFIG).is_file() and (path / "checkpoints").is_dir()
+    from mmdpo.run_folder import RunFolder
+
+    return RunFolder(path).is_run()
 
 
 def read_run(path: str | Path) -> RunInfo:
-    """THE reading of a run folder (its latest complete checkpoint and config), or of a
-    checkpoint folder given as is; one place to swap for a run-folder abstraction.
+    """The reading of a run folder (its newest checkpoint that verifies, and its config), or
+    of a checkpoint folder given as is (used only if it verifies, when it has a manifest).
 
     Raises:
-        InferenceError: neither a run with a complete checkpoint nor a PEFT adapter folder.
+        InferenceError: neither a run with a checkpoint that verifies nor a PEFT adapter
+            folder; a damaged checkpoint named as is.
     """
-    from mmdpo.checkpoint import latest_checkpoint
+    from mmdpo.checkpoint import MANIFEST, CheckpointError, verified_checkpoint
     from mmdpo.config import read_yaml
+    from mmdpo.run_folder import CONFIG_FILE, RunFolder
 
     path = Path(path)
     if is_run_folder(path):
-        checkpoint = latest_checkpoint(path)
+        checkpoint = RunFolder(path).latest_checkpoint()
         if checkpoint is None:
-            raise InferenceError(f"run {path} has no complete checkpoint under {path}/checkpoints")
-        return RunInfo(checkpoint, read_yaml(path / RUN_CONFIG))
+            raise InferenceError(
+                f"run {path} has no complete checkpoint that verifies under {path}/checkpoints"
+            )
+        return RunInfo(checkpoint, read_yaml(path / CONFIG_FILE))
     if (path / "adapter_config.json").is_file():
+        if (path / MANIFEST).is_file():  # an mmdpo checkpoint: used only if it verifies
+            try:
+                verified_checkpoint(path)
+            except CheckpointError as err:
+                raise InferenceError(str(err)) from None
         run = path.parent.parent  # <run>/checkpoints/step-N
-        config = read_yaml(run / RUN_CONFIG) if (run / RUN_CONFIG).is_file() else {}
+        config = read_yaml(run / CONFIG_FILE) if (run / CONFIG_FILE).is_file() else {}
         return RunInfo(path, config)
     raise InferenceError(
         f"{path} is neither an mmdpo run folder (config.yaml + checkpoints/) nor a PEFT "
@@ -124,20 +135,14 @@ def read_run(path: str | Path) -> RunInfo:
 
 
 def margin_settings(run_config: dict[str, Any]) -> tuple[float, bool, str]:
-    """THE resolution of (β, mean log-probs?, loss name) from a run's loss settings; the
-    default loss otherwise. One place to swap for the run's resolved loss setting."""
+    """(β, mean log-probs?, loss name) from a run's resolved loss setting (the same
+    resolution training and export use); the default loss otherwise."""
     from mmdpo.config import LossSettings
-    from mmdpo.losses import get_loss
+    from mmdpo.losses import resolve_loss
 
     loss = {**vars(LossSettings()), **run_config.get("loss", {})}
-    spec = get_loss(loss["name"])
-    hyperparams = spec.resolve_kwargs(loss.get("kwargs") or {})
-    average = (
-        spec.length_normalized
-        if loss.get("length_normalized") is None
-        else bool(loss["length_normalized"])
-    )
-    return float(hyperparams.get("beta", 1.0)), bool(average), spec.name
+    setting = resolve_loss(loss["name"], loss.get("kwargs"), loss.get("length_normalized"))
+    return float(setting.hyperparams.get("beta", 1.0)), setting.average, setting.name
 
 
 # ---------------------------------------------------------------------------- the model
@@ -181,13 +186,19 @@ class InferenceModel:
 
     @classmethod
     def load(
-        cls, model: str | Path, adapter: str | Path | None = None, *, dtype: str | None = None
+        cls,
+        model: str | Path,
+        adapter: str | Path | None = None,
+        *,
+        dtype: str | None = None,
+        model_settings: dict[str, Any] | None = None,
     ) -> InferenceModel:
         """Load a model folder or hub id, or an mmdpo run, plus an optional adapter on top.
 
         The base model is loaded with the run's model settings (kind, quantization, remote
-        code), frozen; ``dtype`` defaults to the run's (bfloat16 on CUDA, float32 on CPU
-        without a run).
+        code), frozen; without a run, with ``model_settings`` (a config's ``model`` section,
+        so that a base model is evaluated as a run of it trains). ``dtype`` defaults to the
+        run's (bfloat16 on CUDA, float32 on CPU without a run).
 
         Raises:
             InferenceError: a run without a checkpoint or base model, two adapters.
@@ -200,14 +211,14 @@ class InferenceModel:
             run = read_run(model)
             base = run.base_model
             if not base:
-                raise InferenceError(f"{model}/{RUN_CONFIG} names no model.name_or_path")
+                raise InferenceError(f"{model}/config.yaml names no model.name_or_path")
         if adapter is not None:
             if run is not None:
                 raise InferenceError(
                     "--model is already a run folder with an adapter; drop --adapter"
                 )
             run = read_run(adapter)
-        settings = run.config.get("model", {}) if run is not None else {}
+        settings = (run.config.get("model") if run is not None else None) or model_settings or {}
         default_dtype = "bfloat16" if torch.cuda.is_available() else "float32"
         dtype = dtype or settings.get("dtype") or default_dtype
         quantization = settings.get("quantization", "none")

@@ -1,5 +1,8 @@
-"""Per-token and per-sequence log-probs from logits, chunked so that the full fp32
-(N, T, V) log-softmax is never held in memory at once, in the forward or the backward pass.
+"""Per-sequence log-probs of the response tokens from the logits at the positions that
+predict them, chunked so that no fp32 log-softmax larger than one chunk is ever held, in the
+forward or the backward pass; the full (N, T, V) logits are never made (the model runs its
+output layer at ``response_prediction_mask`` only). The tests check it against the full fp32
+log-softmax (``tests/oracles.py``).
 
 Alignment (the one convention of this module): ``logits[:, t]`` is the model's prediction for
 the token at position ``t + 1``. ``labels[:, t]`` and ``loss_mask[:, t]`` describe the token AT
@@ -11,32 +14,9 @@ model's logits and the batch's ids and mask unshifted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 DEFAULT_CHUNK_SIZE = 1024  # target positions per chunk: 1024 x V x 4 bytes of fp32 at a time
-
-
-@dataclass
-class SequenceLogps:
-    """Log-probs of the target tokens of each sequence.
-
-    Attributes:
-        logps: what the loss consumes: ``mean_logps`` when averaged, else ``sum_logps``.
-            Shape: (N,)
-        sum_logps: sum of the target tokens' log-probs. Shape: (N,)
-        mean_logps: ``sum_logps / token_counts`` (0 for a row without targets). Shape: (N,)
-        token_counts: number of target tokens per row, as float. Shape: (N,)
-        token_logps: log-prob of each token from the previous position's logits, 0 where the
-            token is no target (and at position 0). Shape: (N, T)
-    """
-
-    logps: torch.Tensor
-    sum_logps: torch.Tensor
-    mean_logps: torch.Tensor
-    token_counts: torch.Tensor
-    token_logps: torch.Tensor
 
 
 class _ChunkedTargetLogps(torch.autograd.Function):
@@ -83,84 +63,6 @@ class _ChunkedTargetLogps(torch.autograd.Function):
         return grad, None, None, None
 
 
-def token_logps(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    loss_mask: torch.Tensor,
-    *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> torch.Tensor:
-    """Log-prob of each target token under the previous position's logits.
-
-    Args:
-        logits: model output, any float dtype. Shape: (N, T, V)
-        labels: token ids, unshifted (usually ``input_ids``); values at non-target positions
-            are ignored (may be -100). Shape: (N, T)
-        loss_mask: True where the token at that position is a target. Shape: (N, T)
-        chunk_size: target positions upcast to fp32 at a time.
-
-    Returns:
-        fp32 log-probs, 0 at non-targets and at position 0; differentiable w.r.t. ``logits``.
-        Shape: (N, T)
-    """
-    if logits.dim() != 3 or labels.shape != logits.shape[:2] or loss_mask.shape != labels.shape:
-        raise ValueError(
-            f"expected logits (N, T, V) with labels and loss_mask (N, T); got logits "
-            f"{tuple(logits.shape)}, labels {tuple(labels.shape)}, "
-            f"loss_mask {tuple(loss_mask.shape)}"
-        )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    n_rows, seq_len, vocab = logits.shape
-    target_mask = loss_mask[:, 1:].bool()  # token t+1 is a target -> logits row t is used
-    # Flat index of the logits row that predicts each target token, row-major (n, t).
-    positions = target_mask.nonzero(as_tuple=False)
-    row_index = positions[:, 0] * seq_len + positions[:, 1]
-    targets = labels[:, 1:][target_mask].long()
-    if targets.numel() and (targets.min() < 0 or targets.max() >= vocab):
-        raise ValueError(f"target token ids must lie in [0, {vocab}) where loss_mask is True")
-    flat_logits = logits.reshape(n_rows * seq_len, vocab)
-    selected = _ChunkedTargetLogps.apply(flat_logits, row_index, targets, chunk_size)
-    out = logits.new_zeros((n_rows, seq_len), dtype=torch.float32)
-    shifted_mask = torch.zeros_like(loss_mask, dtype=torch.bool)
-    shifted_mask[:, 1:] = target_mask
-    return out.masked_scatter(shifted_mask, selected)
-
-
-def sequence_logps(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    loss_mask: torch.Tensor,
-    *,
-    average: bool = False,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> SequenceLogps:
-    """Summed (or per-token mean) log-probs of each row's target tokens.
-
-    Equal to ``log_softmax(logits[:, :-1].float(), -1).gather(-1, labels[:, 1:, None])``
-    summed over ``loss_mask[:, 1:]`` (to fp32 rounding), with the same gradient, but
-    computed in chunks (see ``token_logps`` for the arguments and the alignment).
-
-    Args:
-        average: ``logps`` is the mean over target tokens (Uni-DPO's length normalisation)
-            instead of the sum (DPO).
-
-    Returns:
-        ``SequenceLogps``; all fields fp32.
-    """
-    per_token = token_logps(logits, labels, loss_mask, chunk_size=chunk_size)
-    counts = loss_mask[:, 1:].sum(dim=1).to(torch.float32)
-    sums = per_token.sum(dim=1)
-    means = sums / counts.clamp(min=1.0)
-    return SequenceLogps(
-        logps=means if average else sums,
-        sum_logps=sums,
-        mean_logps=means,
-        token_counts=counts,
-        token_logps=per_token,
-    )
-
-
 def response_prediction_mask(loss_mask: torch.Tensor) -> torch.Tensor:
     """True at the positions whose logits predict a target token (``loss_mask`` shifted left).
 
@@ -185,12 +87,17 @@ def selected_sequence_logps(
     Args:
         selected_logits: the logits at ``response_prediction_mask(loss_mask)``, row-major, as a
             model returns them for that ``logits_to_keep``. Shape: (M, V)
-        labels, loss_mask: as for :func:`sequence_logps`. Shape: (N, T)
+        labels: token ids, unshifted (usually ``input_ids``); values at non-target positions
+            are ignored (may be -100). Shape: (N, T)
+        loss_mask: True where the token at that position is a target. Shape: (N, T)
+        chunk_size: target positions upcast to fp32 at a time.
 
     Returns:
         (summed log-probs, target counts), both fp32. Shape: (N,) each. Equal to
-        ``sequence_logps(full_logits, labels, loss_mask)``'s sums, with the same gradient.
+        the full fp32 log-softmax's sums over the targets, with the same gradient.
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     target_mask = loss_mask[:, 1:].bool()
     targets = labels[:, 1:][target_mask].long()
     if selected_logits.dim() != 2 or selected_logits.shape[0] != targets.shape[0]:

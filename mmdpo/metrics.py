@@ -16,16 +16,17 @@ Keys written per optimizer step (means over the step's pairs unless said otherwi
     pairs                                 number of pairs summarized
     <key>/<modality>                      all of the above per modality, in mixed batches
 
-The training loop adds ``lr``, ``grad_norm``, ``perf/pairs_per_s``, ``perf/tokens_per_s``
-(``Throughput``), ``memory/peak_bytes`` (``peak_memory_bytes``), and at each eval ``eval/...``
-keys, among them ``eval/spearman_score_reward`` (``score_reward_spearman``).
+The training loop (``mmdpo.trainer``) adds ``lr``, ``grad_norm``, ``epoch``,
+``perf/pairs_per_s`` and ``perf/tokens_per_s`` (timed around each step), ``memory/peak_bytes``
+(``peak_memory_bytes``), and at each eval the same keys as ``eval/...`` (through
+``MetricsAccumulator``) plus ``eval/spearman_score_reward``: ``spearman`` of the score margins
+and the reward margins of the held-out pairs.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -271,19 +272,6 @@ def spearman(x: Iterable[float] | Tensor, y: Iterable[float] | Tensor) -> float:
     return float((rank_x * rank_y).sum() / denominator)
 
 
-def score_reward_spearman(
-    score_chosen: Tensor, score_rejected: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor
-) -> float:
-    """Spearman correlation of the score margin and the implicit reward margin over pairs.
-
-    Pairs without scores (NaN) are left out. Shape: each (N,)
-    """
-    return spearman(
-        _as_array(score_chosen) - _as_array(score_rejected),
-        _as_array(chosen_rewards) - _as_array(rejected_rewards),
-    )
-
-
 def _as_array(values: Iterable[float] | Tensor) -> np.ndarray:
     if isinstance(values, Tensor):
         return values.detach().double().cpu().numpy().reshape(-1)
@@ -291,23 +279,6 @@ def _as_array(values: Iterable[float] | Tensor) -> np.ndarray:
 
 
 # --- the running numbers --------------------------------------------------------------------
-
-
-class Throughput:
-    """Pairs and tokens per second since the previous call (wall clock).
-
-    Pass the counts of all processes (summed) to get the run's throughput.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
-        self._clock = clock
-        self._last = clock()
-
-    def step(self, pairs: int, tokens: int) -> dict[str, float]:
-        now = self._clock()
-        elapsed = max(now - self._last, 1e-9)
-        self._last = now
-        return {"perf/pairs_per_s": pairs / elapsed, "perf/tokens_per_s": tokens / elapsed}
 
 
 def peak_memory_bytes(device: torch.device | str | None = None) -> int:

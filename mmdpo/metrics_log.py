@@ -4,10 +4,10 @@ plots at the end of a run. ``mmdpo.metrics`` computes what they hold.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,34 +16,77 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-METRICS_FILE = "metrics.jsonl"
-# Tracker names: "jsonl" is ours, the rest are accelerate's (Accelerator(log_with=...)).
+from mmdpo.config import ConfigError
+from mmdpo.run_folder import RunFolder
+
+# Tracker names. metrics.jsonl is always written (the run folder's record, which resume,
+# export and the plots read); "jsonl" may be listed for clarity.
 TRACKERS = ("jsonl", "tensorboard", "wandb")
+_INSTALL = {
+    "tensorboard": "pip install tensorboard (or mmdpo[extras])",
+    "wandb": "pip install wandb; set WANDB_MODE=offline to log without a network",
+}
 
 
 # --- sinks ----------------------------------------------------------------------------------
 
 
-def available_trackers(requested: Iterable[str]) -> list[str]:
-    """The accelerate trackers among ``requested`` that are installed (for ``log_with``).
+def check_trackers(requested: Iterable[str]) -> list[str]:
+    """The trackers besides metrics.jsonl among ``requested``, each checked to be installed.
 
-    ``jsonl`` is always written by ``MetricsWriter`` and is not an accelerate tracker; a
-    requested tracker that is not installed is dropped with a warning.
+    Called before any data or model is loaded, so a run never trains for hours and then
+    finds that its tracker is missing; raises a ConfigError that names the fix.
     """
-    from accelerate.utils import is_tensorboard_available, is_wandb_available
-
-    installed = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
     chosen = []
     for name in requested:
         if name not in TRACKERS:
-            raise ValueError(f"unknown tracker {name!r}; valid: {', '.join(TRACKERS)}")
-        if name == "jsonl":
+            raise ConfigError(
+                f"train.trackers: unknown tracker {name!r}; valid: {', '.join(TRACKERS)}"
+            )
+        if name == "jsonl" or name in chosen:
             continue
-        if installed[name]():
-            chosen.append(name)
-        else:
-            warnings.warn(f"tracker {name!r} is not installed; not logging to it", stacklevel=2)
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(
+                f"train.trackers: {name} is not installed ({_INSTALL[name]}), or remove it "
+                "from train.trackers"
+            )
+        chosen.append(name)
     return chosen
+
+
+class _TensorBoard:
+    """Scalars into ``<run>/tensorboard`` event files; a resume drops the steps after it."""
+
+    def __init__(self, folder: Path, resume_step: int | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(str(folder), purge_step=purge)
+
+    def log(self, values: Mapping[str, float], step: int) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, global_step=step)
+        self.writer.flush()
+
+    def finish(self) -> None:
+        self.writer.close()
+
+
+class _WandB:
+    """One wandb run per mmdpo run, its files in the run folder (offline with WANDB_MODE)."""
+
+    def __init__(self, folder: Path, config: Mapping[str, Any] | None) -> None:
+        import wandb
+
+        self.run = wandb.init(
+            project="mmdpo", name=folder.name, dir=str(folder), config=dict(config or {})
+        )
+
+    def log(self, values: Mapping[str, float], step: int) -> None:
+        self.run.log(dict(values), step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
 
 
 class MetricsWriter:
@@ -53,32 +96,39 @@ class MetricsWriter:
     values are written as ``null`` (strict JSON). On resume pass ``resume_step``: lines with a
     larger step (written after the checkpoint, before the interruption) and a torn last line
     are removed, so the file reads as one uninterrupted run. Without ``resume_step`` an
-    existing file is started anew. Only the main process writes; tensorboard and wandb go
-    through ``accelerator.log`` (set up with ``log_with`` and ``init_trackers``).
+    existing file is started anew. Only the main process writes. ``trackers`` may add
+    ``tensorboard`` (event files in ``run_dir/tensorboard``) and ``wandb`` (numbers only);
+    ``config`` is the run config that wandb records.
     """
 
     def __init__(
         self,
         run_dir: str | Path,
         trackers: Sequence[str] = ("jsonl",),
-        accelerator: Any | None = None,
         *,
         resume_step: int | None = None,
         is_main_process: bool = True,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         unknown = [name for name in trackers if name not in TRACKERS]
         if unknown:
             raise ValueError(f"unknown trackers {unknown}; valid: {', '.join(TRACKERS)}")
-        self.path = Path(run_dir) / METRICS_FILE
-        self._accelerator = accelerator if set(trackers) - {"jsonl"} else None
+        folder = RunFolder(run_dir)
+        self.path = folder.metrics_file
         self._file = None
-        if is_main_process and "jsonl" in trackers:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if resume_step is None:
-                self.path.write_text("")
-            else:
-                truncate_after(self.path, resume_step)
-            self._file = open(self.path, "a", encoding="utf-8")
+        self._trackers: list[Any] = []
+        if not is_main_process:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        else:
+            truncate_after(self.path, resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if "tensorboard" in trackers:
+            self._trackers.append(_TensorBoard(folder.tensorboard_dir, resume_step))
+        if "wandb" in trackers:
+            self._trackers.append(_WandB(folder.path, config))
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         """Write the metrics of ``step`` (numbers, tensors of one element, or strings)."""
@@ -86,9 +136,13 @@ class MetricsWriter:
         if self._file is not None:
             self._file.write(json.dumps(record, allow_nan=False) + "\n")
             self._file.flush()
-        if self._accelerator is not None:
-            numbers = {k: v for k, v in record.items() if k != "step" and v is not None}
-            self._accelerator.log(numbers, step=step)
+        numbers = {
+            k: float(v)
+            for k, v in record.items()
+            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        for tracker in self._trackers:
+            tracker.log(numbers, step)
 
     def log_skipped(self, step: int, reason: str, **values: Any) -> None:
         """Record a step skipped for a non-finite loss or gradient."""
@@ -98,6 +152,9 @@ class MetricsWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        for tracker in self._trackers:
+            tracker.finish()
+        self._trackers = []
 
     def __enter__(self) -> MetricsWriter:
         return self
@@ -206,7 +263,10 @@ def plot_metrics(metrics_jsonl: str | Path, out_dir: str | Path) -> list[Path]:
     loss.png, rewards.png (margins per modality too), weights.png (Uni-DPO weights, ESS,
     c-NLL share), optim.png (lr, grad norm) and eval.png, each only when its keys were logged.
     Uses matplotlib's Agg canvas directly, never pyplot, so no display or global state.
+    Without a metrics file nothing is drawn.
     """
+    if not Path(metrics_jsonl).is_file():
+        return []
     series = _series(read_metrics(metrics_jsonl))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from torch import nn
 
 from mmdpo.forward import PairLogps, concatenated_forward, unwrap
 from mmdpo.reference_cache import ReferenceCache, pair_key
+from mmdpo.run_folder import RunFolder
 from mmdpo.types import PreferenceBatch, TokenizedPair
 
 MODES = ("adapter_off", "model", "precomputed", "none")
@@ -166,7 +167,7 @@ def precompute_reference(
     """
     if not spec.needs_reference or config.reference.mode != "precomputed":
         return None
-    cache = ReferenceCache(config.reference.cache_dir or run_dir / "reference_cache")
+    cache = ReferenceCache(config.reference.cache_dir or RunFolder(run_dir).reference_cache_dir)
     identity = reference_identity(config)
     keys = {pair.id: pair_key(pair, identity) for pair in pairs}
     todo = [pair for pair in pairs if keys[pair.id] not in cache]

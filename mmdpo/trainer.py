@@ -1,17 +1,22 @@
 """The training loop: setup -> loop -> save, on accelerate, with no Trainer subclass.
 
-``train(config, train_samples, eval_samples)`` is the engine's entry point; the CLI (the
-composition root) loads and validates the data with the adapters and calls it. One process
-on CPU or GPU, or several under ``accelerate launch`` (DDP, DeepSpeed, FSDP).
+``train(config, train_samples, eval_samples)`` is the engine's entry point; the application
+(``tasks.run.train_run``, behind ``mmdpo train`` and ``mmdpo.train(config)``) loads and
+validates the data with the adapters and calls it. One process on CPU or GPU, or several
+under ``accelerate launch`` (DDP, DeepSpeed, FSDP). The run folder (``mmdpo.run_folder``) is
+checked before anything loads, a resume starts from the newest checkpoint that verifies, and
+Ctrl-C ends the run after a whole step with a checkpoint saved.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +26,7 @@ import torch
 
 from mmdpo import checkpoint as ckpt
 from mmdpo.calibration import Calibration, fit_calibration, format_groups
-from mmdpo.config import Config, ConfigError, save_config
+from mmdpo.config import Config, ConfigError
 from mmdpo.data.collate import PreferenceCollator
 from mmdpo.data.pipeline import (
     BatchOrder,
@@ -32,19 +37,16 @@ from mmdpo.data.pipeline import (
 )
 from mmdpo.data.transform import PairTransform, TransformSettings
 from mmdpo.forward import unwrap
-from mmdpo.losses import get_loss
+from mmdpo.losses import LossSetting
 from mmdpo.metrics import (
     MetricsAccumulator,
     nonfinite_reason,
     peak_memory_bytes,
     spearman,
 )
-from mmdpo.metrics_log import (
-    MetricsWriter,
-    ProgressBar,
-    plot_metrics,
-)
+from mmdpo.metrics_log import MetricsWriter, ProgressBar, check_trackers, plot_metrics
 from mmdpo.models.quantization import assert_4bit_trainable
+from mmdpo.models.source import check_model_source
 from mmdpo.objective import compute_objective
 from mmdpo.reference import (
     ReferenceModel,
@@ -52,9 +54,10 @@ from mmdpo.reference import (
     build_reference,
     precompute_reference,
 )
-from mmdpo.report import REPORT_FILE, write_report
-from mmdpo.report.data_summary import DATA_SUMMARY_FILE, write_data_summary
-from mmdpo.report.samples import SAMPLES_FILE, pick_samples, write_samples
+from mmdpo.report import write_report
+from mmdpo.report.data_summary import write_data_summary
+from mmdpo.report.samples import pick_samples, write_samples
+from mmdpo.run_folder import RunFolder
 from mmdpo.setup import (
     ModelFacts,
     build_optimizer,
@@ -72,6 +75,19 @@ class TrainingError(RuntimeError):
     """A run that cannot go on; the message says why and what is left on disk."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run after a whole step; the message says what was saved.
+
+    Attributes:
+        step: the optimizer steps done.
+        checkpoint: the checkpoint saved on the way out (None when none could be).
+    """
+
+    def __init__(self, message: str, step: int, checkpoint: Path | None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -82,17 +98,11 @@ class RunResult:
     skipped_steps: int = 0
 
 
-def _write_invalid(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    with open(run_dir / "invalid_rows.jsonl", "a", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, default=str) + "\n")
-
-
 def _tokenize_or_stop(
     samples: list[PreferenceSample],
     transform: PairTransform,
     config: Config,
-    run_dir: Path,
+    folder: RunFolder,
     name: str,
     is_main_process: bool = True,
 ) -> list[TokenizedPair]:
@@ -112,12 +122,10 @@ def _tokenize_or_stop(
                 f"{len(result.problems)} {name} sample(s) cannot be tokenized:\n{text}\n"
                 "(fix them, or set data.skip_invalid=true to drop them into invalid_rows.jsonl)"
             )
-        if is_main_process:
-            _write_invalid(
-                run_dir, [{**p, "stage": "tokenize", "split": name} for p in result.problems]
-            )
+    if is_main_process:
+        if folder.record_invalid(result.problems, stage="tokenize", split=name):
             print(
-                f"skipped {len(result.problems)} {name} sample(s): see {run_dir}/invalid_rows.jsonl"
+                f"skipped {len(result.problems)} {name} sample(s): see {folder.invalid_rows_file}"
             )
     return result.pairs
 
@@ -215,18 +223,23 @@ def train(
     *,
     resume: bool = False,
 ) -> RunResult:
-    """Train ``config``'s model on the samples; write the run folder; return the outcome."""
+    """Train ``config``'s model on the samples; write the run folder; return the outcome.
+
+    Refuses (before any model loads) a run folder that already holds a run unless
+    ``resume``; with ``resume`` it continues from the newest checkpoint that verifies. Ctrl-C
+    finishes the current step, saves a checkpoint and raises ``TrainingInterrupted``.
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
-    try:
-        spec = get_loss(config.loss.name)
-        hyperparams = spec.resolve_kwargs(config.loss.kwargs)
-    except ValueError as err:
-        raise ConfigError(f"loss: {err}") from None
+    folder = RunFolder(config.train.output_dir)
+    folder.prepare(resume=resume)
+    loss = config.loss.resolve()
+    check_trackers(config.train.trackers)
+    check_model_source(config.model.name_or_path, "model.name_or_path")
     facts = model_facts(config)  # the model's config, read once for the whole run
-    check_run(config, spec, train_samples + list(eval_samples or []), facts)
+    check_run(config, loss.spec, train_samples + list(eval_samples or []), facts)
 
     # One process may train several runs (demo --compare, tests) with different precisions;
     # the process-group state (PartialState) is kept.
@@ -236,27 +249,75 @@ def train(
         mixed_precision=config.train.mixed_precision,
         cpu=not torch.cuda.is_available(),
     )
-    if not accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if not main:
         # transformers' own bars (loading weights) would otherwise show once per process.
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-    run_dir = Path(config.train.output_dir)
-    resume_from = ckpt.latest_checkpoint(run_dir) if resume else None
-    if resume and resume_from is None:
-        raise TrainingError(f"--resume: no complete checkpoint under {run_dir}/checkpoints")
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+    resume_from = _checkpoint_to_resume(folder, main) if resume else None
+    if main:
+        folder.save_config(config)
     set_seed(config.train.seed)
 
     data = _prepare_data(
-        config, accelerator, run_dir, resume_from, train_samples, eval_samples, facts
+        config, accelerator, folder, resume_from, train_samples, eval_samples, facts
     )
-    loop = _Loop(config, accelerator, data, spec, hyperparams, run_dir)
+    loop = _Loop(config, accelerator, data, loss, folder)
     if resume_from is not None:
         loop.resume(resume_from)
     return loop.run()
+
+
+def _checkpoint_to_resume(folder: RunFolder, main: bool) -> Path:
+    """The newest checkpoint that verifies; damaged newer ones are named (main process)."""
+    checkpoint = folder.latest_checkpoint(report=None if main else (lambda _: None))
+    if checkpoint is None:
+        raise TrainingError(
+            f"--resume: no complete checkpoint that verifies under {folder.checkpoints_dir}; "
+            "start anew in another train.output_dir (or remove this one)"
+        )
+    return checkpoint
+
+
+@dataclass
+class _Stats:
+    """What the loop carries from step to step."""
+
+    train: dict[str, float] = field(default_factory=dict)
+    eval: dict[str, float] = field(default_factory=dict)
+    bad_in_a_row: int = 0
+
+
+class _SigintFlag:
+    """While active, the first Ctrl-C only sets ``raised`` (the loop then finishes its step,
+    saves and stops); a second one interrupts at once, as Ctrl-C normally does."""
+
+    def __init__(self, announce: bool) -> None:
+        self.raised = False
+        self._announce = announce
+        self._previous: Any = None
+
+    def __enter__(self) -> _SigintFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.raised = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        if self._announce:
+            print(
+                "\ninterrupt: finishing this step, then saving a checkpoint "
+                "(Ctrl-C again to stop at once, without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 @dataclass
@@ -276,20 +337,21 @@ class _Data:
 def _prepare_data(
     config: Config,
     accelerator: Any,
-    run_dir: Path,
+    folder: RunFolder | Path,
     resume_from: Path | None,
     train_samples: list[PreferenceSample],
     eval_samples: list[PreferenceSample] | None,
     facts: ModelFacts | None = None,
 ) -> _Data:
     """Calibrated scores (fitted, or the checkpoint's on resume), tokenized pairs, collator."""
+    folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
     main = accelerator.is_main_process
     raw_train, raw_eval = train_samples, list(eval_samples or [])
     calibration = _calibrate(config, train_samples, resume_from)
     train_samples = calibration.apply_all(train_samples)
     eval_samples = calibration.apply_all(eval_samples or [])
     if main:
-        calibration.save(run_dir / "calibration.json")
+        calibration.save(folder.calibration_file)
         print(format_groups(calibration))  # what was pooled into one score scale, and how
 
     facts = facts or model_facts(config)
@@ -302,8 +364,8 @@ def _prepare_data(
         )
     settings = TransformSettings(config.data.max_length, config.data.max_prompt_length)
     transform = PairTransform(processing, settings, is_vlm=is_vlm)
-    train_pairs = _tokenize_or_stop(train_samples, transform, config, run_dir, "train", main)
-    eval_pairs = _tokenize_or_stop(eval_samples, transform, config, run_dir, "eval", main)
+    train_pairs = _tokenize_or_stop(train_samples, transform, config, folder, "train", main)
+    eval_pairs = _tokenize_or_stop(eval_samples, transform, config, folder, "eval", main)
     if config.data.limit is not None:
         train_pairs = train_pairs[: config.data.limit]
     _check_unique_ids(train_pairs + eval_pairs)
@@ -316,7 +378,7 @@ def _prepare_data(
     )
     if main:
         write_data_summary(
-            run_dir / DATA_SUMMARY_FILE,
+            folder.data_summary_file,
             {"train": (raw_train, train_pairs), "eval": (raw_eval, eval_pairs)},
             calibration=calibration.to_dict(),
         )
@@ -345,22 +407,16 @@ class _Loop:
         config: Config,
         accelerator: Any,
         data: _Data,
-        spec: Any,
-        hyperparams: dict[str, Any],
-        run_dir: Path,
+        loss: LossSetting,
+        folder: RunFolder,
     ):
-        self.config, self.accelerator, self.data, self.run_dir = config, accelerator, data, run_dir
-        self.spec, self.hyperparams = spec, hyperparams
-        self.average = (
-            spec.length_normalized
-            if config.loss.length_normalized is None
-            else bool(config.loss.length_normalized)
-        )
+        self.config, self.accelerator, self.data, self.folder = config, accelerator, data, folder
+        self.loss = loss
         model = load_model_for_training(config, data.facts, data.processing)
         pairs = data.train_pairs + data.eval_pairs
         # Before accelerate wraps the model (one process runs the pass, see mmdpo.reference).
         precomputed = precompute_reference(
-            config, spec, model, pairs, data.collate, run_dir, accelerator
+            config, loss.spec, model, pairs, data.collate, folder.path, accelerator
         )
         assert_4bit_trainable(model)  # the precompute pass ran it in eval mode without grad
         self.order = BatchOrder(
@@ -383,7 +439,7 @@ class _Loop:
             ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
             ds_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.reference = build_reference(config, spec, self.model, accelerator, precomputed)
+        self.reference = build_reference(config, loss.spec, self.model, accelerator, precomputed)
         # FSDP / DeepSpeed ZeRO: weights gathered by every process, optimizer state per process.
         self.sharding = sharding_for(accelerator, self.model)
         self.start_step = self.skipped = 0
@@ -397,15 +453,21 @@ class _Loop:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             process_index=self.accelerator.process_index,
+            verify=False,  # latest_checkpoint has just verified every file
             sharding=self.sharding,
         )
         self.start_step = int(state["step"])
         self.resumed = True
         self.last_checkpoint = checkpoint
+        if self.accelerator.is_main_process:
+            print(
+                f"resuming from {checkpoint} (step {self.start_step} of {self.total_steps})",
+                flush=True,
+            )
 
     def save(self, step: int) -> Path:
         self.last_checkpoint = ckpt.save_checkpoint(
-            self.run_dir,
+            self.folder.path,
             step,
             model=unwrap(self.model),
             optimizer=self.optimizer,
@@ -426,10 +488,10 @@ class _Loop:
             self.model,
             self.data.eval_pairs,
             self.data.collate,
-            self.spec,
-            self.hyperparams,
+            self.loss.spec,
+            self.loss.hyperparams,
             self.reference,
-            average=self.average,
+            average=self.loss.average,
             calibration=self.data.calibration,
             batch_size=self.config.train.batch_size,
             device=self.accelerator.device,
@@ -456,10 +518,10 @@ class _Loop:
                     obj = compute_objective(
                         model,
                         batch,
-                        self.spec,
-                        self.hyperparams,
+                        self.loss.spec,
+                        self.loss.hyperparams,
                         self.reference,
-                        average=self.average,
+                        average=self.loss.average,
                         calibration=self.data.calibration,
                     )
                 accelerator.backward(obj.loss / len(micro_batches))
@@ -467,8 +529,8 @@ class _Loop:
                 obj.output.chosen_rewards,
                 obj.output.rejected_rewards,
                 obj.output.metrics,
-                obj.policy.chosen(self.average).detach(),
-                obj.policy.rejected(self.average).detach(),
+                obj.policy.chosen(self.loss.average).detach(),
+                obj.policy.rejected(self.loss.average).detach(),
                 batch.modality,
                 losses=obj.output.losses.detach(),
             )
@@ -495,70 +557,105 @@ class _Loop:
 
     def run(self) -> RunResult:
         config, accelerator, total_steps = self.config, self.accelerator, self.total_steps
-        has_eval, eval_every = bool(self.data.eval_pairs), config.train.eval_every
+        main = accelerator.is_main_process
         writer = MetricsWriter(
-            self.run_dir,
+            self.folder.path,
             trackers=tuple(config.train.trackers),
-            accelerator=accelerator,
             resume_step=self.start_step if self.resumed else None,
-            is_main_process=accelerator.is_main_process,
+            is_main_process=main,
+            config=config.to_dict(),
         )
         bar = ProgressBar(
             total_steps,
             initial=self.start_step,
-            disable=not (config.train.progress and accelerator.is_main_process),
+            disable=not (config.train.progress and main),
         )
-        bad_in_a_row = 0
-        train_stats: dict[str, float] = {}
-        eval_stats: dict[str, float] = {}
+        stats = _Stats()
         self.model.train()
-        for step, epoch, step_in_epoch in self.order.steps(self.start_step, total_steps):
-            started = time.perf_counter()
-            train_stats, tokens = self.forward_backward(epoch, step_in_epoch)
-            grad_norm, reason = self.update(train_stats.get("loss", math.nan))
-            bad_in_a_row = 0 if reason is None else bad_in_a_row + 1
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            done = step + 1
-            train_stats.update(
-                {
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "grad_norm": math.nan if grad_norm is None else float(grad_norm),
-                    "epoch": epoch + (step_in_epoch + 1) / self.order.steps_per_epoch,
-                    "perf/tokens_per_s": tokens * accelerator.num_processes / elapsed,
-                    "perf/pairs_per_s": self.order.pairs_per_step / elapsed,
-                    "memory/peak_bytes": float(peak_memory_bytes()),
-                }
-            )
-            if reason is not None:
-                writer.log_skipped(done, reason, **train_stats)
-                bar.write(f"step {done}: skipped ({reason})")
-            elif done % config.train.log_every == 0 or done == total_steps:
-                writer.log(train_stats, done)
-            bar.update(train_stats)
-            if reason is not None and bad_in_a_row >= config.train.max_bad_steps:
-                writer.close()
-                bar.close()
-                raise self._too_many_bad_steps(done, bad_in_a_row, reason)
-            if has_eval and eval_every and done % eval_every == 0:
-                eval_stats = self.evaluate()
-                writer.log(eval_stats, done)
-            if config.train.save_every and done % config.train.save_every == 0:
-                if done < total_steps:
-                    self.save(done)
-
-        if has_eval and not (eval_every and total_steps % eval_every == 0):
-            eval_stats = self.evaluate()
-            writer.log(eval_stats, total_steps)
-        self.save(total_steps)
-        writer.close()
-        bar.close()
-        if accelerator.is_main_process and config.train.plots:
-            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "plots")
-        if accelerator.is_main_process:
+        with writer, bar, _SigintFlag(announce=main) as interrupt:
+            for step, epoch, step_in_epoch in self.order.steps(self.start_step, total_steps):
+                done = self._step(step, epoch, step_in_epoch, writer, bar, stats)
+                if done < total_steps and self._stop_requested(interrupt):
+                    raise self._interrupted(done)
+            if self.data.eval_pairs and not (
+                config.train.eval_every and total_steps % config.train.eval_every == 0
+            ):
+                stats.eval = self.evaluate()
+                writer.log(stats.eval, total_steps)
+            self.save(total_steps)
+        if main and config.train.plots:
+            with _reported("plots"):
+                plot_metrics(self.folder.metrics_file, self.folder.plots_dir)
+        if main:
             self.write_samples_and_report(total_steps)
         accelerator.wait_for_everyone()
         return RunResult(
-            self.run_dir, total_steps, self.last_checkpoint, train_stats, eval_stats, self.skipped
+            self.folder.path,
+            total_steps,
+            self.last_checkpoint,
+            stats.train,
+            stats.eval,
+            self.skipped,
+        )
+
+    def _step(
+        self,
+        step: int,
+        epoch: int,
+        step_in_epoch: int,
+        writer: MetricsWriter,
+        bar: ProgressBar,
+        stats: _Stats,
+    ) -> int:
+        """One optimizer step with its logging, evaluation and checkpoint; returns steps done."""
+        config = self.config
+        started = time.perf_counter()
+        stats.train, tokens = self.forward_backward(epoch, step_in_epoch)
+        grad_norm, reason = self.update(stats.train.get("loss", math.nan))
+        stats.bad_in_a_row = 0 if reason is None else stats.bad_in_a_row + 1
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        done = step + 1
+        stats.train.update(
+            {
+                "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": math.nan if grad_norm is None else float(grad_norm),
+                "epoch": epoch + (step_in_epoch + 1) / self.order.steps_per_epoch,
+                "perf/tokens_per_s": tokens * self.accelerator.num_processes / elapsed,
+                "perf/pairs_per_s": self.order.pairs_per_step / elapsed,
+                "memory/peak_bytes": float(peak_memory_bytes()),
+            }
+        )
+        if reason is not None:
+            writer.log_skipped(done, reason, **stats.train)
+            bar.write(f"step {done}: skipped ({reason})")
+        elif done % config.train.log_every == 0 or done == self.total_steps:
+            writer.log(stats.train, done)
+        bar.update(stats.train)
+        if reason is not None and stats.bad_in_a_row >= config.train.max_bad_steps:
+            raise self._too_many_bad_steps(done, stats.bad_in_a_row, reason)
+        eval_every = config.train.eval_every
+        if self.data.eval_pairs and eval_every and done % eval_every == 0:
+            stats.eval = self.evaluate()
+            writer.log(stats.eval, done)
+        if config.train.save_every and done % config.train.save_every == 0:
+            if done < self.total_steps:
+                self.save(done)
+        return done
+
+    def _stop_requested(self, interrupt: _SigintFlag) -> bool:
+        """Whether any process got Ctrl-C; all processes agree, so all stop at this step."""
+        if self.accelerator.num_processes == 1:
+            return interrupt.raised
+        flag = torch.tensor([float(interrupt.raised)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _interrupted(self, done: int) -> TrainingInterrupted:
+        """Save the step just finished (a checkpoint costs what a save_every save costs)."""
+        saved = self.last_checkpoint
+        if saved is None or ckpt.checkpoint_step(saved) != done:
+            saved = self.save(done)
+        return TrainingInterrupted(
+            f"interrupted after step {done} of {self.total_steps}; saved {saved}", done, saved
         )
 
     def write_samples_and_report(self, step: int) -> None:
@@ -573,7 +670,7 @@ class _Loop:
         elif samples:
             with _reported("samples.jsonl"), self.accelerator.autocast():
                 write_samples(
-                    self.run_dir / SAMPLES_FILE,
+                    self.folder.samples_file,
                     unwrap(self.model),
                     self.data.transform,
                     samples,
@@ -583,8 +680,8 @@ class _Loop:
                     base_context=adapter_disabled,
                 )
         if config.train.report:
-            with _reported(REPORT_FILE):
-                write_report([self.run_dir], self.run_dir / REPORT_FILE)
+            with _reported(self.folder.report_file.name):
+                write_report([self.folder.path], self.folder.report_file)
 
     def _too_many_bad_steps(self, done: int, count: int, reason: str) -> TrainingError:
         where = (

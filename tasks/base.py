@@ -28,7 +28,9 @@ class Task:
             YAML and ``key=value`` overrides are layered on. It never sets ``loss.kwargs``:
             those belong to one loss, and a deep merge would carry them into another one
             when a recipe or an override changes ``loss.name``. Recipes set them.
-        eval_suite: names of built-in benchmarks (``eval.BENCHMARKS``) run after training.
+        eval_suite: names of built-in benchmarks (``eval.BENCHMARKS``) that
+            ``mmdpo train NAME --eval`` runs on the base model before training and on the run
+            after it (``tasks.run.EvalPlan``).
     """
 
     name: str

@@ -221,6 +221,9 @@ def engine_configs(
 
 def prepare_out_dir(out_dir: Path) -> None:
     """Create the run folder; clear what an earlier demo wrote there, and nothing else."""
+    from mmdpo.run_folder import check_output_dir
+
+    check_output_dir(out_dir, "--out")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
         raise ConfigError(
             f"--out {out_dir}: the folder exists and was not made by `mmdpo demo`; "

@@ -203,7 +203,7 @@ def engine_config(
 def _run_stages(
     preset: Preset, args: argparse.Namespace, out_dir: Path, model_dir: Path, config: Any
 ) -> dict[str, Any]:
-    import mmdpo
+    from tasks.run import train_run
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -244,7 +244,7 @@ def _run_stages(
     stage("pairs")
 
     print(f"[5/6] train: Uni-DPO + LoRA on {counts['pairs']} pairs")
-    result = mmdpo.train(config)
+    result = train_run(config).result
     stage("train")
 
     print("[6/6] eval after: the same prompts, adapter on")
@@ -267,6 +267,9 @@ def prepare_out_dir(out_dir: Path) -> None:
     """Create the run folder; clear what an earlier ``mmdpo smol`` wrote there, nothing else."""
     import shutil
 
+    from mmdpo.run_folder import check_output_dir
+
+    check_output_dir(out_dir, "--out")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
         raise ConfigError(
             f"--out {out_dir}: the folder exists and was not made by `mmdpo smol`; choose another"

@@ -1,9 +1,14 @@
-"""Reference paths for numerical tests: the engine's results must equal what these give.
+"""Test oracles: the slow, obvious computations the engine's fast paths are checked against.
 
-- :func:`naive_forward_logits`: the whole batch in one forward with ``pixel_values`` passed
-  for every row (each image encoded once per row), the way peers do it.
-- :func:`plain_response_logp`: one (prompt, response) alone, one unpadded row, through the
+- ``naive_token_logps``: the full fp32 (N, T, V) log-softmax, shifted by one, that the
+  engine's chunked log-probs must equal without ever holding it.
+- ``naive_forward_logits``: every row gets its pair's pixel values (images encoded twice),
+  what the engine's image-once forward must equal.
+- ``pair_logps``: summed response log-probs of a batch from its full logits.
+- ``plain_response_logp``: one (prompt, response) alone, one unpadded row, through the
   model's own forward with the processor's tensors as they come: no engine code at all.
+
+None of this is engine code: the engine never computes full logits for the loss.
 """
 
 from __future__ import annotations
@@ -12,46 +17,75 @@ from typing import Any
 
 import torch
 
+from mmdpo.forward import PairLogps
 from mmdpo.types import PreferenceBatch
 
-QWEN_VL = ("qwen2_vl", "qwen2_5_vl")
+QWEN_VL_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+
+
+def naive_token_logps(logits, labels, loss_mask) -> torch.Tensor:
+    """Full fp32 log-softmax, shifted by one, zero at non-targets and at position 0. (N, T)"""
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logps.gather(-1, labels[:, 1:, None].clamp(min=0)).squeeze(-1)
+    out = torch.zeros(labels.shape, dtype=torch.float32)
+    out[:, 1:] = picked * loss_mask[:, 1:]
+    return out
+
+
+def naive_sequence_logps(logits, labels, loss_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed target log-probs, target counts) per row, from the full logits. (N,) each"""
+    sums = naive_token_logps(logits, labels, loss_mask).sum(dim=1)
+    return sums, loss_mask[:, 1:].sum(dim=1).to(torch.float32)
+
+
+def pair_logps(logits: torch.Tensor, batch: PreferenceBatch) -> PairLogps:
+    """Summed response log-probs and token counts from the logits of all 2B rows."""
+    sums, counts = naive_sequence_logps(logits, batch.input_ids, batch.loss_mask)
+    n = batch.num_pairs
+    return PairLogps(sums[:n], sums[n:], counts[:n], counts[n:])
 
 
 def naive_forward_logits(model: Any, batch: PreferenceBatch) -> torch.Tensor:
-    """Logits of all 2B rows with pixel values passed for every row (shared images only)."""
+    """Pixel values passed for every row, so each image is encoded twice (shared images
+    only). Shape: (2B, T, V)"""
     kwargs: dict[str, Any] = {}
     if batch.image_inputs:
         if batch.rejected_image_inputs:
             raise NotImplementedError("the naive forward covers shared images only")
-        inputs = batch.image_inputs
-        family = model.config.model_type
-        if family in QWEN_VL:
-            grid = inputs["image_grid_thw"]
-            patches = grid.prod(-1).tolist()
-            chunks = list(torch.split(inputs["pixel_values"], patches))
-            kwargs["pixel_values"] = torch.cat(chunks + chunks)
-            kwargs["image_grid_thw"] = torch.cat([grid, grid])
-            kwargs["mm_token_type_ids"] = (batch.input_ids == model.config.image_token_id).int()
-        elif family == "idefics3":
-            # (2B rows, max images per row, C, H, W), zero images as padding (the model drops
-            # all-zero images): each row gets its own pair's images.
-            for key in ("pixel_values", "pixel_attention_mask"):
-                if key not in inputs:
-                    continue
-                rows = [
-                    inputs[key][batch.image_pairs == (row % batch.num_pairs)]
-                    for row in range(2 * batch.num_pairs)
-                ]
-                most = max(r.shape[0] for r in rows)
-                kwargs[key] = torch.stack(
-                    [torch.cat([r, r.new_zeros((most - r.shape[0], *r.shape[1:]))]) for r in rows]
-                )
-        else:
-            kwargs["pixel_values"] = torch.cat([inputs["pixel_values"]] * 2)
+        kwargs = _pixels_for_every_row(model, batch)
     out = model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **kwargs
     )
     return out.logits
+
+
+def _pixels_for_every_row(model: Any, batch: PreferenceBatch) -> dict[str, Any]:
+    inputs = batch.image_inputs
+    family = getattr(model.config, "model_type", "")
+    kwargs: dict[str, Any] = {}
+    if family in QWEN_VL_FAMILIES:
+        grid = inputs["image_grid_thw"]
+        chunks = list(torch.split(inputs["pixel_values"], grid.prod(-1).tolist()))
+        kwargs["pixel_values"] = torch.cat(chunks + chunks)
+        kwargs["image_grid_thw"] = torch.cat([grid, grid])
+        kwargs["mm_token_type_ids"] = (batch.input_ids == model.config.image_token_id).int()
+    elif family == "idefics3":
+        # (2B rows, max images per row, C, H, W), zero images as padding (the model drops
+        # all-zero images): each row gets its own pair's images.
+        for key in ("pixel_values", "pixel_attention_mask"):
+            if key not in inputs:
+                continue
+            rows = [
+                inputs[key][batch.image_pairs == (row % batch.num_pairs)]
+                for row in range(2 * batch.num_pairs)
+            ]
+            most = max(r.shape[0] for r in rows)
+            kwargs[key] = torch.stack(
+                [torch.cat([r, r.new_zeros((most - r.shape[0], *r.shape[1:]))]) for r in rows]
+            )
+    else:
+        kwargs["pixel_values"] = torch.cat([inputs["pixel_values"]] * 2)
+    return kwargs
 
 
 def plain_response_logp(

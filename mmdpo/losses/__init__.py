@@ -18,6 +18,11 @@ The engine calls every loss the same way, through its registry entry::
     )
     out.losses.mean().backward()
 
+A run resolves its loss once, ``resolve_loss(name, kwargs, length_normalized)`` (or
+``config.loss.resolve()``): a ``LossSetting`` with the spec, the hyperparameters (each value
+checked against the spec's ``rules``) and the choice of mean or summed log-probs, which
+training, evaluation and export share.
+
 The engine asks ``spec.needs_reference`` whether to run the reference, and
 ``spec.length_normalized`` whether to pass mean per-token log-probs (True) or summed ones
 (False). Turning length normalisation off for ``uni_dpo`` (the paper's ablation) is the
@@ -25,6 +30,9 @@ engine's switch, not the loss's. Formulas, papers and defaults: docs/losses.md.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from mmdpo.losses.base import LossSpec, check_pair_tensors
 from mmdpo.losses.dpo import dpo_loss, hinge_loss, ipo_loss
@@ -39,6 +47,7 @@ LOSSES: dict[str, LossSpec] = {
         needs_reference=True,
         length_normalized=False,
         summary="DPO, sigmoid link; label_smoothing > 0 gives cDPO",
+        rules={"beta": "positive", "label_smoothing": "below_half"},
     ),
     "ipo": LossSpec(
         name="ipo",
@@ -46,6 +55,7 @@ LOSSES: dict[str, LossSpec] = {
         needs_reference=True,
         length_normalized=True,
         summary="IPO, squared loss towards a margin of 1/(2β)",
+        rules={"beta": "positive"},
     ),
     "hinge": LossSpec(
         name="hinge",
@@ -53,6 +63,7 @@ LOSSES: dict[str, LossSpec] = {
         needs_reference=True,
         length_normalized=False,
         summary="SLiC hinge on the reference-adjusted margin",
+        rules={"beta": "positive"},
     ),
     "simpo": LossSpec(
         name="simpo",
@@ -60,6 +71,7 @@ LOSSES: dict[str, LossSpec] = {
         needs_reference=False,
         length_normalized=True,
         summary="SimPO, reference-free with target margin γ",
+        rules={"beta": "positive"},
     ),
     "orpo": LossSpec(
         name="orpo",
@@ -68,6 +80,7 @@ LOSSES: dict[str, LossSpec] = {
         length_normalized=True,
         extra_inputs=("chosen_nll",),
         summary="ORPO, chosen NLL plus an odds-ratio term",
+        rules={"odds_ratio_weight": "non_negative"},
     ),
     "uni_dpo": LossSpec(
         name="uni_dpo",
@@ -76,6 +89,13 @@ LOSSES: dict[str, LossSpec] = {
         length_normalized=True,
         extra_inputs=("score_chosen", "score_rejected"),
         summary="Uni-DPO: quality and performance weights plus calibrated NLL",
+        rules={
+            "beta": "positive",
+            "eta": "non_negative",
+            "gamma": "non_negative",
+            "nll_lambda": "non_negative",
+            "tau_good": "number_or_auto",
+        },
     ),
 }
 
@@ -90,8 +110,47 @@ def get_loss(name: str) -> LossSpec:
         ) from None
 
 
+@dataclass(frozen=True)
+class LossSetting:
+    """A run's loss, resolved once and used alike by training, evaluation and export.
+
+    Attributes:
+        spec: the registry entry.
+        hyperparams: the loss's defaults overridden by the run's ``loss.kwargs``.
+        average: mean per-token log-probs (True) or summed ones (False): the run's
+            ``loss.length_normalized``, or what the loss declares when that is None.
+    """
+
+    spec: LossSpec
+    hyperparams: dict[str, Any]
+    average: bool
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def resolve_loss(
+    name: str, kwargs: dict[str, Any] | None = None, length_normalized: bool | None = None
+) -> LossSetting:
+    """The ``LossSetting`` of a loss name, its kwargs and the length-normalisation switch.
+
+    Raises a ValueError for an unknown name or hyperparameter, or a value its rule rejects
+    (the message names the hyperparameter).
+    """
+    spec = get_loss(name)
+    hyperparams = spec.resolve_kwargs(kwargs)
+    problems = spec.check_values(kwargs or {})
+    if problems:
+        key, reason = next(iter(problems.items()))
+        raise ValueError(f"{key}: {reason}")
+    average = spec.length_normalized if length_normalized is None else bool(length_normalized)
+    return LossSetting(spec, hyperparams, average)
+
+
 __all__ = [
     "LOSSES",
+    "LossSetting",
     "LossSpec",
     "check_pair_tensors",
     "dpo_loss",
@@ -99,6 +158,7 @@ __all__ = [
     "hinge_loss",
     "ipo_loss",
     "orpo_loss",
+    "resolve_loss",
     "simpo_loss",
     "uni_dpo_loss",
 ]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,6 +22,29 @@ def check_pair_tensors(**tensors: torch.Tensor | None) -> None:
         raise ValueError(f"loss inputs must all have shape (B,); got {shapes}")
 
 
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+# What a hyperparameter may hold: rule name -> (test, the words of the error message).
+VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "number": (_is_number, "a finite number"),
+    "positive": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "non_negative": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "below_half": (lambda v: _is_number(v) and 0 <= v < 0.5, "a number in [0, 0.5)"),
+    "number_or_auto": (lambda v: v == "auto" or _is_number(v), "a finite number or 'auto'"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _default_rule(default: Any) -> str:
+    return "bool" if isinstance(default, bool) else "number"
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """A registry entry: the loss function and what the engine must give it.
@@ -34,6 +58,9 @@ class LossSpec:
         extra_inputs: further per-pair inputs the loss reads: ``score_chosen``/``score_rejected``
             or ``chosen_nll``.
         summary: one line for docs and ``--help``.
+        rules: hyperparameter -> a ``VALUE_RULES`` name, checked when a config is read; a
+            hyperparameter not named here must be a finite number (true/false for a bool
+            default).
     """
 
     name: str
@@ -42,6 +69,7 @@ class LossSpec:
     length_normalized: bool
     extra_inputs: tuple[str, ...] = ()
     summary: str = ""
+    rules: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -60,6 +88,20 @@ class LossSpec:
                 f"valid keys: {', '.join(sorted(defaults))}"
             )
         return {**defaults, **loss_kwargs}
+
+    def check_values(self, loss_kwargs: Mapping[str, Any]) -> dict[str, str]:
+        """Each given hyperparameter whose value its rule rejects -> the reason, e.g.
+        ``{"beta": "expected a positive number, got 'high'"}`` (unknown keys: ``resolve_kwargs``).
+        """
+        defaults = self.defaults
+        problems = {}
+        for key, value in loss_kwargs.items():
+            if key not in defaults:
+                continue
+            test, words = VALUE_RULES[self.rules.get(key, _default_rule(defaults[key]))]
+            if not test(value):
+                problems[key] = f"expected {words}, got {value!r}"
+        return problems
 
     def compute(
         self,

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mmdpo.report.collect import collect, plain
+from mmdpo.run_folder import REPORT_FILE  # named with the rest of the run folder's layout
 
-REPORT_FILE = "report.html"
 DATA_ELEMENT_ID = "report-data"
 
 __all__ = ["REPORT_FILE", "build_report", "render_html", "write_report"]

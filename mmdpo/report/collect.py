@@ -17,17 +17,31 @@ from pathlib import Path
 from typing import Any
 
 from mmdpo.checkpoint import CHECKPOINTS_DIR, MANIFEST, list_checkpoints
-from mmdpo.metrics_log import METRICS_FILE, read_metrics
-from mmdpo.report.data_summary import DATA_SUMMARY_FILE
-from mmdpo.report.samples import SAMPLES_FILE, thumbnail_data_uri
+from mmdpo.metrics_log import read_metrics
+from mmdpo.report.samples import thumbnail_data_uri
+from mmdpo.run_folder import (
+    CALIBRATION_FILE,
+    CONFIG_FILE,
+    DATA_SUMMARY_FILE,
+    EVAL_DIR,
+    METRICS_FILE,
+    PLOTS_DIR,
+    REFERENCE_CACHE_DIR,
+    SAMPLES_FILE,
+    TENSORBOARD_DIR,
+)
 
-CONFIG_FILE = "config.yaml"
-CALIBRATION_FILE = "calibration.json"
-EVAL_DIR = "eval"
 # Eval labels that name the model before alignment; they come first in the tables.
 BASELINE_LABELS = ("before", "base", "sft", "reference", "baseline")
 SEARCH_DEPTH = 4  # an ablation: OUT/runs/<variant>/seed-<n>/train
-SKIP_DIRS = {CHECKPOINTS_DIR, "plots", "reference_cache", "__pycache__", EVAL_DIR}
+SKIP_DIRS = {
+    CHECKPOINTS_DIR,
+    PLOTS_DIR,
+    REFERENCE_CACHE_DIR,
+    TENSORBOARD_DIR,
+    "__pycache__",
+    EVAL_DIR,
+}
 EVAL_EXAMPLES = 8  # records per benchmark shown with their answers under every label
 MAX_POINTS = 4000  # per curve; longer runs are averaged into this many buckets
 

@@ -18,7 +18,6 @@ import numpy as np
 
 from mmdpo.types import PreferenceSample, TokenizedPair
 
-DATA_SUMMARY_FILE = "data_summary.json"
 FORMAT_VERSION = 1
 HISTOGRAM_BINS = 24
 

@@ -21,7 +21,6 @@ import torch
 
 from mmdpo.types import PreferenceSample
 
-SAMPLES_FILE = "samples.jsonl"
 THUMBNAIL_SIDE = 256
 MAX_NEW_TOKENS = 128
 

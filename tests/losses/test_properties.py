@@ -248,3 +248,12 @@ def test_mismatched_shapes_raise():
         dpo_loss(torch.zeros(2), torch.zeros(3), torch.zeros(2), torch.zeros(2))
     with pytest.raises(ValueError, match=r"shape \(B,\)"):
         dpo_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, 1))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_value_rules_name_real_hyperparameters_and_accept_the_defaults(name):
+    spec = LOSSES[name]
+    assert set(spec.rules) <= set(spec.defaults)
+    assert spec.check_values(spec.defaults) == {}
+    bad = {key: "high" for key in spec.defaults}
+    assert set(spec.check_values(bad)) == set(spec.defaults)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -25,9 +26,10 @@ from mmdpo.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_checkpoint_calibration,
-    load_checkpoint_config,
     prune_checkpoints,
     save_checkpoint,
+    verified_checkpoint,
+    verify_checkpoint,
 )
 
 DATA = torch.randint(0, 64, (8, 12), generator=torch.Generator().manual_seed(0))
@@ -132,7 +134,7 @@ def test_interrupted_and_resumed_run_ends_bitwise_equal(tmp_path):
     assert path == checkpoint_dir(tmp_path, 3)
     state = load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler)
     assert state == {"step": 3, "epoch": 0, "batches_consumed": 3, "sampler_seed": 17}
-    assert load_checkpoint_config(path) == config
+    assert json.loads((path / "config.json").read_text()) == config
     assert load_checkpoint_calibration(path) == calibration
     train(model, optimizer, scheduler, state, TOTAL_STEPS - 3)
     resumed = adapter_weights(model)
@@ -239,7 +241,7 @@ def test_half_written_folders_are_ignored_and_leftovers_removed(tmp_path):
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:10])
 
-    assert latest_checkpoint(tmp_path) == good
+    assert latest_checkpoint(tmp_path, report=lambda _: None) == good
     assert list_checkpoints(tmp_path) == [good]
     with pytest.raises(CheckpointError):
         load_checkpoint(truncated, model=small_model())
@@ -255,9 +257,48 @@ def test_corrupted_file_fails_hash_check(tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # same size, different bytes
     weights.write_bytes(bytes(data))
-    assert latest_checkpoint(tmp_path) == path  # sizes match: only the hash can tell
+    # Sizes match: only the hash can tell, and the only checkpoint is not used.
+    messages = []
+    assert latest_checkpoint(tmp_path, report=messages.append) is None
+    assert messages == [
+        f"checkpoint {path} is damaged (model.safetensors: sha256 differs from the manifest); "
+        "no earlier checkpoint verifies"
+    ]
     with pytest.raises(CheckpointError, match="sha256"):
         load_checkpoint(path, model=small_model())
+
+
+def damage(folder: Path, how: str) -> None:
+    """Damage a checkpoint's weights file after its save, as a disk, a copy or a user might."""
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    if how == "same size":
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif how == "truncated":
+        weights.write_bytes(bytes(data[:-8]))
+    else:
+        weights.unlink()
+
+
+@pytest.mark.parametrize("how", ["same size", "truncated", "missing"])
+def test_a_damaged_newest_checkpoint_is_skipped_with_a_message(tmp_path, how, capsys):
+    good = save_checkpoint(tmp_path, 2, model=small_model())
+    newest = save_checkpoint(tmp_path, 4, model=small_model())
+    size = (newest / "model.safetensors").stat().st_size
+    damage(newest, how)
+    why = {
+        "same size": "model.safetensors: sha256 differs from the manifest",
+        "truncated": f"model.safetensors: {size - 8} bytes, the manifest says {size}",
+        "missing": "model.safetensors: missing",
+    }[how]
+    assert latest_checkpoint(tmp_path) == good
+    assert capsys.readouterr().err == (
+        f"checkpoint {newest} is damaged ({why}); using {good} instead\n"
+    )
+    assert verify_checkpoint(good) is None and verify_checkpoint(newest) == why
+    with pytest.raises(CheckpointError, match="not a complete checkpoint that verifies"):
+        verified_checkpoint(newest)
 
 
 @pytest.mark.slow  # a child process that imports torch and peft
@@ -366,3 +407,15 @@ def test_rng_state_is_restored(tmp_path):
 def test_no_checkpoint_yet(tmp_path):
     assert latest_checkpoint(tmp_path) is None
     assert list_checkpoints(tmp_path) == []
+
+
+def test_pruning_counts_only_checkpoints_that_verify(tmp_path):
+    """A same-size damaged checkpoint must not push out the good one a resume falls back to."""
+    model = small_model()
+    good = save_checkpoint(tmp_path, 1, model=model, keep_last=2)
+    damaged = save_checkpoint(tmp_path, 2, model=model, keep_last=2)
+    damage(damaged, "same size")
+    newest = save_checkpoint(tmp_path, 3, model=model, keep_last=2)
+    assert list_checkpoints(tmp_path) == [good, damaged, newest]  # step 1 survives
+    save_checkpoint(tmp_path, 4, model=model, keep_last=2)
+    assert list_checkpoints(tmp_path) == [newest, checkpoint_dir(tmp_path, 4)]

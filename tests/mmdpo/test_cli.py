@@ -271,3 +271,123 @@ def test_no_preference_and_overflowing_scores_are_refused_with_file_and_line(tmp
     assert main([*args, f"train.output_dir={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err
     assert all(line in err for line in expected), err
+
+
+def test_bad_loss_kwargs_stop_before_the_run_folder_is_touched(pairs_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "model.name_or_path=/no/such/model",  # nothing may load: this would fail differently
+        f"data.train={pairs_file}",
+        f"train.output_dir={run}",
+    ]
+    assert main([*args, "loss.kwargs.beta=high"]) == 2
+    assert capsys.readouterr().err == (
+        "mmdpo train: error: loss.kwargs.beta: expected a positive number, got 'high'\n"
+    )
+    assert main([*args, "loss.name=dpo", "loss.kwargs.label_smoothing=0.7"]) == 2
+    assert "loss.kwargs.label_smoothing: expected a number in [0, 0.5), got 0.7" in (
+        capsys.readouterr().err
+    )
+    assert not run.exists()
+
+
+def test_a_missing_tracker_is_refused_before_any_model_loads(pairs_file, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "model.name_or_path=/no/such/model",
+            f"data.train={pairs_file}",
+            f"train.output_dir={run}",
+            "train.trackers=[jsonl, wandb]",
+        ]
+    )
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "mmdpo train: error: train.trackers: wandb is not installed (pip install wandb; set "
+        "WANDB_MODE=offline to log without a network), or remove it from train.trackers\n"
+    )
+    assert not (run / "config.yaml").exists()
+
+
+def test_a_model_path_that_does_not_exist_is_one_line(pairs_file, tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "model.name_or_path=./no/such/model",
+            f"data.train={pairs_file}",
+            f"train.output_dir={tmp_path / 'run'}",
+        ]
+    )
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "mmdpo train: error: model.name_or_path ./no/such/model: no such folder\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["eval", "gsm8k", "--model", "runs/not-there"],
+            "--model runs/not-there: no such folder, and not in the local hub cache "
+            "(offline: HF_HUB_OFFLINE is set)",
+        ),
+        (["eval", "gsm8k", "--model", "/not/there"], "--model /not/there: no such folder"),
+        (
+            ["eval", "gsm8k", "--predictions", "nope.jsonl"],
+            "--predictions nope.jsonl: no such file",
+        ),
+    ],
+)
+def test_eval_mistakes_are_one_line_before_any_model_loads(args, message, tmp_path, capsys):
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"mmdpo eval: error: {message}\n"
+
+
+def test_eval_out_under_a_file_is_refused(pairs_file, tmp_path, capsys):
+    out = pairs_file / "results"
+    assert main(["eval", "gsm8k", "--predictions", str(pairs_file), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"mmdpo eval: error: --out {out}: {pairs_file} is a file, so no folder can be made "
+        "under it\n"
+    )
+
+
+def test_columns_without_equals_is_one_line(pairs_file, capsys):
+    args = ["data", "validate", str(pairs_file), "--format", "columns", "--columns", "prompt"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        "mmdpo data: error: --columns 'prompt': expected FIELD=COLUMN, e.g. --columns "
+        "prompt=question chosen=good rejected=bad\n"
+    )
+
+
+def test_package_level_train_does_not_import_the_cli(pairs_file, tmp_path):
+    """``mmdpo.train(config)`` loads config.data through the application layer (tasks.run),
+    never through the CLI; the engine call itself is stubbed to keep this fast."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    script = f"""
+import sys, mmdpo, tasks.run
+from mmdpo.config import load_config
+seen = {{}}
+def engine(config, train, held_out, resume):
+    seen.update(n=len(train))
+    return "the engine's result"
+tasks.run.train_engine = engine
+config = load_config(None, ["model.name_or_path=m", "data.train={pairs_file}",
+                            "data.format=trl", "train.output_dir={run}"])
+assert mmdpo.train(config) == "the engine's result"
+assert seen == {{"n": 8}}, seen
+assert "mmdpo.cli" not in sys.modules, "the CLI was imported"
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -67,3 +67,44 @@ def test_yaml_cannot_construct_python_objects(tmp_path):
     path.write_text("model: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["loss.kwargs.beta=high"], "loss.kwargs.beta: expected a positive number, got 'high'"),
+        (["loss.kwargs.beta=0"], "loss.kwargs.beta: expected a positive number, got 0"),
+        (["loss.kwargs.beta=.inf"], "loss.kwargs.beta: expected a positive number, got inf"),
+        (["loss.kwargs.gamma=-1"], "loss.kwargs.gamma: expected a number >= 0, got -1"),
+        (["loss.kwargs.tau_good=x"], "loss.kwargs.tau_good: expected a finite number or 'auto'"),
+        (["loss.kwargs.use_perf_weight=3"], "loss.kwargs.use_perf_weight: expected true or false"),
+        (["loss.kwargs.tau_ref=[1]"], "loss.kwargs.tau_ref: expected a finite number, got [1]"),
+        (
+            ["loss.name=dpo", "loss.kwargs.label_smoothing=0.5"],
+            "loss.kwargs.label_smoothing: expected a number in [0, 0.5), got 0.5",
+        ),
+        (["loss.kwargs.gama=1"], "loss.kwargs: loss 'uni_dpo' got unknown hyperparameter"),
+        (["loss.name=kto"], "loss.name: unknown loss 'kto'; valid losses: dpo, hinge"),
+    ],
+)
+def test_loss_name_and_kwargs_are_checked_when_the_config_is_read(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [*BASE, *overrides])
+    assert str(error.value).startswith(message)
+
+
+def test_loss_kwargs_accept_yaml_exponents_and_auto(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("loss:\n  kwargs: {beta: 1e-1, tau_good: auto, use_perf_weight: false}\n")
+    config = load_config(path, BASE)
+    assert config.loss.kwargs == {"beta": 0.1, "tau_good": "auto", "use_perf_weight": False}
+    setting = config.loss.resolve()
+    assert setting.name == "uni_dpo" and setting.hyperparams["beta"] == 0.1
+    assert setting.average is True
+
+
+def test_one_resolved_loss_setting_decides_mean_or_sum():
+    assert load_config(None, [*BASE, "loss.name=dpo"]).loss.resolve().average is False
+    assert load_config(None, BASE).loss.resolve().average is True
+    ablation = load_config(None, [*BASE, "loss.length_normalized=false"]).loss.resolve()
+    assert ablation.average is False and ablation.name == "uni_dpo"

@@ -5,10 +5,10 @@ import torch
 
 from mmdpo.data.collate import PreferenceCollator
 from mmdpo.data.transform import PairTransform, TransformSettings
-from mmdpo.forward import encode_images, forward_logits, pair_logps
+from mmdpo.forward import encode_images, forward_logits
 from mmdpo.tiny import VLM_FAMILIES, random_image, tiny_vlm
 from mmdpo.types import PreferenceSample
-from tests.oracles import naive_forward_logits
+from tests.oracles import naive_forward_logits, pair_logps
 
 FAMILIES = list(VLM_FAMILIES)
 

@@ -1,4 +1,4 @@
-"""Chunked sequence log-probs: values and gradients against the naive fp32 log-softmax."""
+"""Chunked response log-probs: values and gradients against the naive fp32 log-softmax."""
 
 import math
 
@@ -6,16 +6,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mmdpo.logprobs import sequence_logps, token_logps
-
-
-def naive_token_logps(logits, labels, loss_mask):
-    """The reference: full fp32 log-softmax, shifted by one, zero at non-targets. (N, T)"""
-    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = logps.gather(-1, labels[:, 1:, None].clamp(min=0)).squeeze(-1)
-    out = torch.zeros(labels.shape, dtype=torch.float32)
-    out[:, 1:] = picked * loss_mask[:, 1:]
-    return out
+from mmdpo.logprobs import _ChunkedTargetLogps, response_prediction_mask, selected_sequence_logps
+from tests.oracles import naive_token_logps
 
 
 def random_batch(dtype, n=3, t=9, v=17, seed=0):
@@ -28,24 +20,36 @@ def random_batch(dtype, n=3, t=9, v=17, seed=0):
     return logits, labels, loss_mask
 
 
+def selected(logits, loss_mask):
+    """What a model returns with ``logits_to_keep=response_prediction_mask(loss_mask)``."""
+    return logits[response_prediction_mask(loss_mask)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_size", [1, 4, 1024])
 def test_matches_naive_values_and_gradients(dtype, chunk_size):
     logits, labels, loss_mask = random_batch(dtype)
     counts = loss_mask[:, 1:].sum(1).float()
+    expected_tokens = naive_token_logps(logits, labels, loss_mask)
+    # Per token: the kernel's log-prob of each target, in row-major order.
+    targets = labels[:, 1:][loss_mask[:, 1:]]
+    rows = selected(logits, loss_mask)
+    per_token = _ChunkedTargetLogps.apply(rows, torch.arange(len(targets)), targets, chunk_size)
+    torch.testing.assert_close(
+        per_token, expected_tokens[:, 1:][loss_mask[:, 1:]], atol=1e-6, rtol=0
+    )
+    sums, out_counts = selected_sequence_logps(rows, labels, loss_mask, chunk_size=chunk_size)
+    assert sums.dtype == torch.float32
+    torch.testing.assert_close(out_counts, counts)
     for average in (False, True):
-        expected_tokens = naive_token_logps(logits, labels, loss_mask)
-        expected = expected_tokens.sum(1)
+        expected = naive_token_logps(logits, labels, loss_mask).sum(1)
+        out = sums
         if average:
-            expected = expected / counts.clamp(min=1)
-        out = sequence_logps(logits, labels, loss_mask, average=average, chunk_size=chunk_size)
-        assert out.logps.dtype == torch.float32
-        torch.testing.assert_close(out.token_logps, expected_tokens, atol=1e-6, rtol=0)
-        torch.testing.assert_close(out.logps, expected, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(out.token_counts, counts)
+            expected, out = expected / counts.clamp(min=1), sums / out_counts.clamp(min=1)
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
 
         weights = torch.tensor([0.7, -1.3, 2.0])
-        (grad,) = torch.autograd.grad((out.logps * weights).sum(), logits)
+        (grad,) = torch.autograd.grad((out * weights).sum(), logits, retain_graph=True)
         (expected_grad,) = torch.autograd.grad((expected * weights).sum(), logits)
         assert grad.dtype == dtype
         torch.testing.assert_close(grad.float(), expected_grad.float(), atol=1e-6, rtol=1e-6)
@@ -66,32 +70,32 @@ def test_alignment_by_hand():
         logits[0, t, (t + 1) % 4] = math.log(3)
     labels = torch.tensor([[0, 1, 2, 0]])
     loss_mask = torch.ones(1, 4, dtype=torch.bool)
-    out = sequence_logps(logits, labels, loss_mask, average=True)
+    assert response_prediction_mask(loss_mask).tolist() == [[True, True, True, False]]
+    sums, counts = selected_sequence_logps(selected(logits, loss_mask), labels, loss_mask)
     expected_sum = 2 * math.log(1 / 2) + math.log(1 / 6)
-    assert out.sum_logps.item() == pytest.approx(expected_sum, abs=1e-6)
-    assert out.mean_logps.item() == pytest.approx(expected_sum / 3, abs=1e-6)
-    assert out.logps.item() == pytest.approx(expected_sum / 3, abs=1e-6)
-    assert out.token_counts.item() == 3
-    assert out.token_logps[0, 0].item() == 0.0
+    assert sums.item() == pytest.approx(expected_sum, abs=1e-6)
+    assert (sums / counts).item() == pytest.approx(expected_sum / 3, abs=1e-6)
+    assert counts.item() == 3
+    assert naive_token_logps(logits, labels, loss_mask)[0, 0].item() == 0.0
 
 
 def test_row_without_targets_gives_zero_not_nan():
     logits, labels, loss_mask = random_batch(torch.float32)
-    out = sequence_logps(logits, labels, loss_mask, average=True)
-    assert out.token_counts[2].item() == 0
-    assert out.logps[2].item() == 0.0
-    assert torch.isfinite(out.logps).all()
+    sums, counts = selected_sequence_logps(selected(logits, loss_mask), labels, loss_mask)
+    assert counts[2].item() == 0
+    assert sums[2].item() == 0.0
+    assert torch.isfinite(sums / counts.clamp(min=1)).all()
 
 
 def test_bad_inputs_raise():
-    logits = torch.zeros(2, 5, 7)
-    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask = torch.ones(2, 5, dtype=torch.bool)  # 8 targets
+    labels = torch.zeros(2, 5, dtype=torch.long)
     with pytest.raises(ValueError, match="expected logits"):
-        token_logps(logits, torch.zeros(2, 4, dtype=torch.long), mask)
-    with pytest.raises(ValueError, match=r"\[0, 7\)"):
-        token_logps(logits, torch.full((2, 5), 7), mask)
+        selected_sequence_logps(torch.zeros(7, 7), labels, mask)
+    with pytest.raises(ValueError, match=r"\[0, V\)"):
+        selected_sequence_logps(torch.zeros(8, 7), torch.full((2, 5), 7), mask)
     with pytest.raises(ValueError, match="chunk_size"):
-        token_logps(logits, torch.zeros(2, 5, dtype=torch.long), mask, chunk_size=0)
+        selected_sequence_logps(torch.zeros(8, 7), labels, mask, chunk_size=0)
 
 
 class LargestFloat32(TorchDispatchMode):
@@ -110,15 +114,16 @@ class LargestFloat32(TorchDispatchMode):
 
 
 def test_fp32_working_set_is_one_chunk():
-    """bf16 logits (N=4, T=64, V=256): no fp32 tensor bigger than chunk x V appears in the
-    forward or the backward, while the naive path makes a full (N, T-1, V) one."""
+    """bf16 logits of N=4 rows x 63 targets, V=256: no fp32 tensor bigger than chunk x V
+    appears in the forward or the backward, while the naive path makes a full (N, T-1, V)."""
     n, t, v, chunk = 4, 64, 256, 16
     logits = torch.randn(n, t, v, dtype=torch.bfloat16, requires_grad=True)
     labels = torch.randint(0, v, (n, t))
     loss_mask = torch.ones(n, t, dtype=torch.bool)
+    rows = selected(logits, loss_mask)
     with LargestFloat32() as probe:
-        out = sequence_logps(logits, labels, loss_mask, chunk_size=chunk)
-        out.logps.sum().backward()
+        sums, _ = selected_sequence_logps(rows, labels, loss_mask, chunk_size=chunk)
+        sums.sum().backward()
     assert probe.largest <= chunk * v
     with LargestFloat32() as naive_probe:
         naive_token_logps(logits, labels, loss_mask).sum().backward()

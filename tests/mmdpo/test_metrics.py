@@ -11,24 +11,24 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from mmdpo.config import ConfigError
 from mmdpo.metrics import (
     MetricsAccumulator,
-    Throughput,
     average_ranks,
     effective_sample_size,
     nonfinite_reason,
     peak_memory_bytes,
-    score_reward_spearman,
     spearman,
     summarize_pairs,
 )
 from mmdpo.metrics_log import (
     MetricsWriter,
     ProgressBar,
-    available_trackers,
+    check_trackers,
     plot_metrics,
     read_metrics,
 )
+from tests.fixtures import tensorboard_scalars
 
 
 def three_pairs() -> dict:
@@ -210,15 +210,14 @@ def test_spearman_drops_nan_and_handles_degenerate_input():
 
 
 def test_score_reward_spearman_uses_margins():
-    """Score margins [1, 2, 3, NaN] against reward margins [0.1, 0.3, 0.2, 9]: the unscored
-    pair is left out; ranks [1, 2, 3] vs [1, 3, 2] give 1 - 6·2/(3·8) = 0.5."""
-    rho = score_reward_spearman(
-        torch.tensor([2.0, 3.0, 4.0, float("nan")]),
-        torch.tensor([1.0, 1.0, 1.0, 0.0]),
-        torch.tensor([0.2, 0.5, 0.2, 9.0]),
-        torch.tensor([0.1, 0.2, 0.0, 0.0]),
-    )
-    assert rho == pytest.approx(0.5)
+    """As the trainer computes eval/spearman_score_reward: score margins [1, 2, 3, NaN]
+    against reward margins [0.1, 0.3, 0.2, 9]: the unscored pair is left out; ranks
+    [1, 2, 3] vs [1, 3, 2] give 1 - 6·2/(3·8) = 0.5."""
+    score_margins = (torch.tensor([2.0, 3.0, 4.0, float("nan")]) - torch.tensor(1.0)).tolist()
+    reward_margins = (
+        torch.tensor([0.2, 0.5, 0.2, 9.0]) - torch.tensor([0.1, 0.2, 0.0, 0.0])
+    ).tolist()
+    assert spearman(score_margins, reward_margins) == pytest.approx(0.5)
 
 
 def test_writer_appends_lines_and_truncates_on_resume(tmp_path):
@@ -250,36 +249,35 @@ def test_writer_appends_lines_and_truncates_on_resume(tmp_path):
     assert read_metrics(tmp_path / "metrics.jsonl") == []
 
 
-def test_writer_forwards_to_accelerate_trackers_and_only_main_writes(tmp_path):
-    class FakeAccelerator:
-        def __init__(self):
-            self.calls = []
-
-        def log(self, values, step):
-            self.calls.append((values, step))
-
-    accelerator = FakeAccelerator()
-    with MetricsWriter(tmp_path, ("jsonl", "tensorboard"), accelerator) as writer:
-        writer.log({"loss": 0.5, "grad_norm": float("inf")}, 3)
-    assert accelerator.calls == [({"loss": 0.5}, 3)]
+def test_tensorboard_tracker_writes_event_files_and_only_main_writes(tmp_path):
+    with MetricsWriter(tmp_path, ("tensorboard",)) as writer:
+        writer.log({"loss": 0.5, "grad_norm": float("inf"), "note": "text"}, 3)
+        writer.log({"loss": 0.25}, 4)
+    # metrics.jsonl is always written; tensorboard gets the finite numbers.
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [3, 4]
+    assert tensorboard_scalars(tmp_path / "tensorboard") == {"loss": [(3, 0.5), (4, 0.25)]}
 
     other = tmp_path / "rank1"
-    MetricsWriter(other, is_main_process=False).log({"loss": 1.0}, 1)
-    assert not (other / "metrics.jsonl").exists()
+    MetricsWriter(other, ("tensorboard",), is_main_process=False).log({"loss": 1.0}, 1)
+    assert not other.exists()
 
     with pytest.raises(ValueError, match="valid: jsonl, tensorboard, wandb"):
         MetricsWriter(tmp_path, ("jsonl", "mlflow"))
 
 
-def test_available_trackers(monkeypatch):
-    import accelerate.utils
+def test_trackers_are_checked_before_a_run(monkeypatch):
+    import importlib.util
 
-    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: True)
-    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
-    with pytest.warns(UserWarning, match="'wandb' is not installed"):
-        assert available_trackers(["jsonl", "tensorboard", "wandb"]) == ["tensorboard"]
-    with pytest.raises(ValueError, match="unknown tracker 'comet'"):
-        available_trackers(["comet"])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name)
+    )
+    assert check_trackers(["jsonl", "tensorboard", "tensorboard"]) == ["tensorboard"]
+    assert check_trackers([]) == []
+    with pytest.raises(ConfigError, match="train.trackers: wandb is not installed .pip install"):
+        check_trackers(["jsonl", "wandb"])
+    with pytest.raises(ConfigError, match="unknown tracker 'comet'"):
+        check_trackers(["comet"])
 
 
 def write_run(path, with_weights: bool) -> None:
@@ -355,12 +353,6 @@ def test_nonfinite_reason():
     assert nonfinite_reason(0.5, torch.tensor(float("inf"))) == "grad_norm is inf"
 
 
-def test_throughput_and_peak_memory():
-    ticks = iter([10.0, 12.0])
-    throughput = Throughput(clock=lambda: next(ticks))
-    assert throughput.step(pairs=8, tokens=4000) == {
-        "perf/pairs_per_s": 4.0,
-        "perf/tokens_per_s": 2000.0,
-    }
+def test_peak_memory():
     peak = peak_memory_bytes("cpu")
     assert isinstance(peak, int) and peak > 10 * 2**20  # a Python process with torch loaded

@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from mmdpo.checkpoint import latest_checkpoint
+from mmdpo.metrics_log import read_metrics
 from mmdpo.trainer import TrainingError, train
 from mmdpo.types import PreferenceSample
-from tests.fixtures import arithmetic_pairs, make_config
+from tests.fixtures import arithmetic_pairs, make_config, tensorboard_scalars
 
 
 def adapter_weights(checkpoint):
@@ -306,3 +307,28 @@ def test_image_text_model_under_fsdp_is_refused_before_tokenizing(tiny_vlm_dir, 
         len(_prepare_data(config, ddp, tmp_path / "run", None, arithmetic_pairs(2), []).train_pairs)
         == 2
     )
+
+
+def test_a_tensorboard_only_run_writes_event_files_metrics_and_plots(tiny_llama_dir, tmp_path):
+    """Without "jsonl" in train.trackers metrics.jsonl is still written (resume, export and
+    the plots read it); tensorboard's own reader finds every logged step."""
+    run = tmp_path / "run"
+    config = make_config(tiny_llama_dir, run, "train.trackers=[tensorboard]", "train.plots=true")
+    result = train(config, arithmetic_pairs(8), arithmetic_pairs(4, seed=1, prefix="e"))
+    logged = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+    scalars = tensorboard_scalars(run / "tensorboard")
+    assert [step for step, _ in scalars["loss"]] == [1, 2, 3]
+    assert [value for _, value in scalars["loss"]] == pytest.approx([r["loss"] for r in logged])
+    assert scalars["eval/rewards/accuracies"][0][0] == 3
+    assert (run / "plots" / "loss.png").is_file() and result.steps == 3
+
+
+def test_a_failing_plot_never_fails_a_finished_run(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no canvas")
+
+    monkeypatch.setattr("mmdpo.trainer.plot_metrics", broken)
+    config = make_config(tiny_llama_dir, tmp_path / "run", "train.max_steps=1", "train.plots=true")
+    result = train(config, arithmetic_pairs(4))
+    assert result.final_checkpoint.name == "step-000001"
+    assert "plots: not written (RuntimeError: no canvas)" in capsys.readouterr().out
