@@ -72,8 +72,13 @@ def test_merge_keeps_earlier_cases_with_their_provenance(tmp_path):
     text = report.render(state)
     assert "`old command`" in text and "`new command`" in text
     assert "### llava-adapter_off: llava-adapter_off [earlier 1]" in text
-    assert "| never slower than TRL | llava-adapter_off [earlier 1] | 3.00x pairs/s | yes |" in text
-    assert "| never slower than TRL | text-adapter_off | 2.00x pairs/s | yes |" in text
+    assert (
+        "| mmdpo two-row: never slower than TRL | llava-adapter_off [earlier 1] |"
+        " 3.00x pairs/s | yes |" in text
+    )
+    assert (
+        "| mmdpo two-row: never slower than TRL | text-adapter_off | 2.00x pairs/s | yes |" in text
+    )
 
     # Merging the merged state again keeps the first run's provenance, not the second's.
     merged_file = tmp_path / "merged.json"
