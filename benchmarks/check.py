@@ -142,9 +142,9 @@ def mmdpo_side(spec: dict[str, Any]) -> dict[str, Any]:
     def first_objective(*args, **kwargs):
         result = objective(*args, **kwargs)
         if "loss" not in seen:
-            seen["loss"] = float(result.loss)
-            seen["chosen"] = float(result.policy.chosen_sum.mean())
-            seen["rejected"] = float(result.policy.rejected_sum.mean())
+            seen["loss"] = float(result.loss.detach())
+            seen["chosen"] = float(result.policy.chosen_sum.detach().mean())
+            seen["rejected"] = float(result.policy.rejected_sum.detach().mean())
         return result
 
     engine.load_model_for_training, engine.compute_objective = load_with_adapter, first_objective
@@ -174,7 +174,7 @@ def trl_side(spec: dict[str, Any]) -> dict[str, Any]:
         if "loss" not in seen:
             value = loss[0] if isinstance(loss, tuple) else loss
             metrics = trainer._metrics["train"]
-            seen["loss"] = float(value)
+            seen["loss"] = float(value.detach())
             seen["chosen"] = float(metrics["logps/chosen"][-1])
             seen["rejected"] = float(metrics["logps/rejected"][-1])
             ids, mask = inputs["input_ids"].cpu(), inputs["attention_mask"].bool().cpu()
