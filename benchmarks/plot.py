@@ -27,7 +27,8 @@ def scaling_series(state: dict[str, Any]) -> dict[str, dict[str, list[tuple[int,
                 continue
             medians = {key: statistics.median(r[key] for r in runs) for key, _ in METRICS}
             label = labels.get(arm, arm) + quant
-            out[workload.axis].setdefault(label, []).append((workload.x, medians))
+            x = workload.x_at(state["preset"])
+            out[workload.axis].setdefault(label, []).append((x, medians))
     for series in out.values():
         for points in series.values():
             points.sort(key=lambda p: p[0])

@@ -356,7 +356,13 @@ def _scaling(state: dict[str, Any], plot_path: Path | None) -> list[str]:
     if not cases:
         return []
     labels = _labels(state)
+    from scaling import SHRINK
+
     lines = ["## How cost grows (scaling workloads)", ""]
+    shrink = SHRINK.get(state["preset"], 1)
+    if shrink > 1:
+        note = f"Preset `{state['preset']}`: the workloads' lengths and image sizes are divided"
+        lines += [note + f" by {shrink} (case names and descriptions give the full size).", ""]
     if plot_path is not None:
         lines += [f"![pairs/s and peak memory against prompt length and image count]"
                   f"({plot_path.name})", ""]  # fmt: skip
@@ -366,7 +372,7 @@ def _scaling(state: dict[str, Any], plot_path: Path | None) -> list[str]:
     ]
     for case in cases:
         workload = WORKLOADS[case["workload"]]
-        x = f"{workload.x} {workload.axis}" if workload.axis else "—"
+        x = f"{workload.x_at(state['preset'])} {workload.axis}" if workload.axis else "—"
         med = medians(state, case["name"])
         for arm in _arms(state):
             if arm not in med:

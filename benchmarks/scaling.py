@@ -65,6 +65,10 @@ class Workload:
             response=(max(2, self.response[0] // k), max(2, self.response[1] // k)),
         )
 
+    def x_at(self, preset: str) -> int:
+        """This workload's value on its axis at ``preset`` (prompt lengths shrink, counts not)."""
+        return self.x // SHRINK[preset] if self.axis == "prompt tokens" else self.x
+
     def image_tokens(self) -> int:
         """Tokens of one image in the prompt (Qwen2-VL: merged patches plus start/end)."""
         side = self.image_size // PATCH_SIZE
