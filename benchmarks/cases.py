@@ -124,13 +124,14 @@ GROUPS = {
     "skewed": _scaling_names("none", "skewed"),
     "prompt-sweep": _scaling_names("none", "prompt"),
     # The GPU table: the same workloads as QLoRA, adapter-off reference, a few points each.
+    # In the order they run: the most telling first, so a time limit cuts the least.
     "gpu": [
+        "prompt512-4bit-adapter_off",
+        "prompt4096-4bit-adapter_off",
         "vlm1-4bit-adapter_off",
         "vlm4-4bit-adapter_off",
         "skewed-4bit-adapter_off",
-        "prompt512-4bit-adapter_off",
         "prompt2048-4bit-adapter_off",
-        "prompt4096-4bit-adapter_off",
     ],
 }
 
