@@ -14,9 +14,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from arms import LABELS as DEFAULT_LABELS
+from arms import TRL
+
 HERE = Path(__file__).resolve().parent
-TWO_ROW, TRL = "mmdpo", "trl"
-DEFAULT_LABELS = {TWO_ROW: "mmdpo two-row", TRL: "TRL"}
+TWO_ROW = "mmdpo"
 
 # (case name, pairs/s ratio to reach, label): the original targets, for the two-row arm.
 TARGETS = [
