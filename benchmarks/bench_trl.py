@@ -19,7 +19,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ sys.path.insert(0, str(HERE))
 
 from arms import LABELS, MMDPO_ARMS, TRL, arm_overrides, missing_settings, parse_arms  # noqa: E402
 from cases import CASES, GROUPS, Case, select  # noqa: E402
+from provenance import machine, merge_earlier, versions  # noqa: E402
 
 # ------------------------------------------------------------------------- child processes
 
@@ -163,48 +163,6 @@ def median_of(runs: list[dict[str, float]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def machine() -> dict[str, str]:
-    import torch
-
-    info = {"platform": platform.platform(), "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["device"] = torch.cuda.get_device_name(0)
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-        info["cpu"] = fields.get("Model name", "?").strip()
-        info["cpus"] = fields.get("CPU(s)", "?").strip()
-        flags = fields.get("Flags", "").split()
-        info["cpu_flags"] = " ".join(
-            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags
-        )
-    except OSError:
-        info["cpu"] = platform.processor()
-    try:
-        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
-        info["memory"] = f"{int(mem) / 2**20:.0f} GiB"
-    except (OSError, IndexError, ValueError):
-        pass
-    try:
-        info["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        pass
-    return info
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 # -------------------------------------------------------------------------------- report
 
 
@@ -221,53 +179,6 @@ def _plot(path: Path, state: dict[str, Any]) -> Path | None:
     from plot import plot_scaling
 
     return plot_scaling(state, path.with_name(path.stem + "-scaling.png"))
-
-
-def merge_earlier(state: dict[str, Any], earlier_file: Path) -> list[str]:
-    """Fold the cases of an earlier run's state into ``state``, where this run does not
-    measure them (a case measured now replaces its earlier numbers). Returns their names."""
-    try:
-        earlier = json.loads(earlier_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"--merge {earlier_file}: cannot read the state: {err}") from None
-    missing = [k for k in ("cases", "runs", "checks", "command", "date") if k not in earlier]
-    if missing:
-        raise SystemExit(f"--merge {earlier_file}: not a benchmark state (no {missing})")
-    if earlier.get("preset") != state["preset"]:
-        raise SystemExit(
-            f"--merge {earlier_file}: preset {earlier.get('preset')!r}, this run"
-            f" {state['preset']!r}; sizes must match"
-        )
-    ours = {c["name"] for c in state["cases"]}
-    # An earlier state may itself hold merged cases; keep their own provenance.
-    sources = {s["id"]: s for s in earlier.get("earlier", [])}
-    this_id = len(sources)
-    taken = []
-    for case in earlier["cases"]:
-        if case["name"] in ours or not any(earlier["runs"].get(case["name"], {}).values()):
-            continue
-        source = case.get("source")
-        if source is None:
-            source = this_id
-            sources[this_id] = {
-                "id": this_id,
-                "command": earlier["command"],
-                "date": earlier["date"],
-                "finished": earlier.get("finished"),
-                "load_average": earlier.get("machine", {}).get("load_average", "?"),
-                "cpu": earlier.get("machine", {}).get("cpu", "?"),
-                "cpu_flags": earlier.get("machine", {}).get("cpu_flags"),
-                "repeats": earlier.get("repeats"),
-                "steps": earlier.get("steps"),
-            }
-        state["cases"].append({**case, "source": source})
-        state["runs"][case["name"]] = earlier["runs"][case["name"]]
-        if case["name"] in earlier["checks"]:
-            state["checks"][case["name"]] = earlier["checks"][case["name"]]
-        taken.append(case["name"])
-    used = {c.get("source") for c in state["cases"]}
-    state["earlier"] = [s for i, s in sorted(sources.items()) if i in used]
-    return taken
 
 
 # ---------------------------------------------------------------------------------- main
@@ -324,6 +235,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="float32",
         help="weights and compute of the timed runs (the check is always float32)",
     )
+    _run_options(parser)
+    return parser.parse_args(argv)
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-4bit", action="store_true", help="leave out the 4-bit cases")
     parser.add_argument(
         "--check-only",
@@ -372,7 +288,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--child", nargs=3, metavar=("MODE", "SPEC", "RESULT"), help=argparse.SUPPRESS
     )
-    return parser.parse_args(argv)  # fmt: skip
 
 
 class Bench:
