@@ -124,7 +124,9 @@ def mmdpo_side(spec: dict[str, Any]) -> dict[str, Any]:
     from mmdpo.data.transform import PairTransform, TransformSettings
     from mmdpo.setup import load_processing
 
-    config = runners.mmdpo_config(spec, Path(spec["work_dir"]) / "check-mmdpo")
+    config = runners.mmdpo_config(
+        spec, runners.fresh_folder(Path(spec["work_dir"]) / "check-mmdpo")
+    )
     samples = runners.mmdpo_samples(spec)
     processing, is_vlm = load_processing(config)
     transform = PairTransform(processing, TransformSettings(config.data.max_length), is_vlm=is_vlm)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ LORA_R, LORA_ALPHA = 16, 32
 LEARNING_RATE = 1e-5
 BETA = 0.1
 SEED = 42
+
+
+def fresh_folder(path: Path) -> Path:
+    """``path``, emptied: a run never continues or mixes with an earlier run's files."""
+    shutil.rmtree(path, ignore_errors=True)
+    return path
 
 
 def peak_memory_bytes() -> int:
@@ -119,7 +126,7 @@ def run_mmdpo(spec: dict[str, Any]) -> dict[str, Any]:
             return super().update(stats)
 
     engine.ProgressBar = TimedBar  # the one instrument: the loop itself is unchanged
-    output_dir = Path(spec["work_dir"]) / "run"
+    output_dir = fresh_folder(Path(spec["work_dir"]) / "run")
     config = mmdpo_config(spec, output_dir)
     started = time.perf_counter()
     engine.train(config, mmdpo_samples(spec))
@@ -209,7 +216,7 @@ def trl_trainer(spec: dict[str, Any], callbacks: list[Any] | None = None) -> Any
         task_type="CAUSAL_LM",
     )
     args = DPOConfig(
-        output_dir=str(Path(spec["work_dir"]) / "trl"),
+        output_dir=str(fresh_folder(Path(spec["work_dir"]) / "trl")),
         per_device_train_batch_size=spec["batch_size"],
         gradient_accumulation_steps=1,
         max_steps=spec["steps"],
