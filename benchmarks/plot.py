@@ -54,6 +54,9 @@ def plot_scaling(state: dict[str, Any], path: Path) -> Path | None:
                 panel.plot(xs, [m[key] for _, m in points], marker="o", label=name)
             if axis == "prompt tokens":
                 panel.set_xscale("log", base=2)
+            ticks = sorted({x for points in series[axis].values() for x, _ in points})
+            if ticks:
+                panel.set_xticks(ticks, [str(x) for x in ticks])
             panel.set_xlabel(axis)
             panel.set_ylabel(label)
             panel.grid(True, alpha=0.3)
