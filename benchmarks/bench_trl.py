@@ -127,9 +127,15 @@ def spawn(mode: str, spec: dict[str, Any], work: Path, tag: str, log) -> dict[st
 # ------------------------------------------------------------------------------- analysis
 
 
-def steady_state(result: dict[str, Any], flops_per_step: list[float]) -> dict[str, float]:
-    """Throughput over steps 2..N (step 1 warms up): pairs/s, tokens/s, FLOP/s."""
+def steady_state(
+    result: dict[str, Any], flops_per_step: list[float], tokens_per_step: list[int] | None = None
+) -> dict[str, float]:
+    """Throughput over steps 2..N (step 1 warms up): pairs/s, tokens/s, FLOP/s.
+
+    Tokens are the non-padding tokens of the two rows of each pair (``tokens_per_step``, from
+    the prepared layout), the same count for every arm; without it, the engine's own count."""
     ends = result["step_ends"]
+    tokens = tokens_per_step or result["step_tokens"]
     seconds = ends[-1] - ends[0]
     measured = len(ends) - 1
     cpu = result.get("step_cpu") or [0.0, 0.0]
@@ -138,12 +144,19 @@ def steady_state(result: dict[str, Any], flops_per_step: list[float]) -> dict[st
         "cpu_pairs_per_s": result["pairs_per_step"] * measured / cpu_seconds,
         "cpu_step_s": cpu_seconds / measured,
         "pairs_per_s": result["pairs_per_step"] * measured / seconds,
-        "tokens_per_s": sum(result["step_tokens"][1:]) / seconds,
+        "tokens_per_s": sum(tokens[1 : len(ends)]) / seconds,
+        "engine_tokens_per_s": sum(result["step_tokens"][1:]) / seconds,
         "flops_per_s": sum(flops_per_step[1 : len(ends)]) / seconds,
         "peak_mib": result["peak_memory_bytes"] / 2**20,
         "step_s": seconds / measured,
         "total_s": result["total_s"],
     }
+
+
+def case_tokens(info: dict[str, Any], batch: int, steps: int) -> list[int]:
+    """Per step: the non-padding tokens of the two-row layout (prompt twice)."""
+    chunks = [info["layout"][step * batch : (step + 1) * batch] for step in range(steps)]
+    return [sum(sum(pair["rows"]) for pair in chunk) for chunk in chunks]
 
 
 def case_flops(info: dict[str, Any], precomputed: bool, batch: int, steps: int) -> list[float]:
@@ -458,7 +471,7 @@ class Bench:
         args = self.args
         return args.check_in_run and not args.skip_check and case.trl_runs and repeat == 0
 
-    def timed_run(self, case: Case, arm: str, repeat: int, flops: list[float]) -> dict | None:
+    def timed_run(self, case: Case, arm: str, repeat: int, work: tuple[list, list]) -> dict | None:
         tag = f"{case.name}-{arm}-{repeat}"
         print(f"run {tag}", flush=True)
         spec = self.spec(case, arm, tag)
@@ -468,7 +481,7 @@ class Bench:
         if result is None:
             self.state["failures"].append(tag)
             return None
-        stats = steady_state(result, flops)
+        stats = steady_state(result, *work)
         self.runs_file.write(json.dumps({"tag": tag, **stats, "raw": result}) + "\n")
         self.runs_file.flush()
         print(f"  {stats['pairs_per_s']:.3f} pairs/s, {stats['tokens_per_s']:.0f} tokens/s,"
@@ -483,10 +496,14 @@ class Bench:
 
         info = self.prepared[dataset_key(case)]
         precomputed = case.reference == "precomputed"
-        flops = case_flops(info, precomputed, self.batch_size(case), self.steps)
+        batch = self.batch_size(case)
+        work = (
+            case_flops(info, precomputed, batch, self.steps),
+            case_tokens(info, batch, self.steps),
+        )
         shift = (repeat + index) % len(arms)
         results = {
-            arm: self.timed_run(case, arm, repeat, flops) for arm in arms[shift:] + arms[:shift]
+            arm: self.timed_run(case, arm, repeat, work) for arm in arms[shift:] + arms[:shift]
         }
         kept = arms
         if self.fused_check(case, repeat):

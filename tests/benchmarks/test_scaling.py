@@ -99,3 +99,22 @@ def test_config_has_reads_the_engine_config():
     assert arms.config_has("reference.mode")
     assert not arms.config_has("train.no_such_setting")
     assert not arms.config_has("train.max_grad_norm.deeper")
+
+
+def test_tokens_per_second_count_the_two_row_layout_for_every_arm():
+    """An arm that computes the prompt once is credited with the same tokens."""
+    import bench_trl
+
+    info = {"layout": [{"rows": [10, 12]}, {"rows": [20, 8]}, {"rows": [5, 5]}, {"rows": [1, 1]}]}
+    assert bench_trl.case_tokens(info, batch=2, steps=2) == [50, 12]
+    result = {
+        "step_ends": [0.0, 2.0],
+        "step_cpu": [0.0, 1.0],
+        "step_tokens": [40, 7],  # the engine's own count (e.g. a shared prompt counted once)
+        "pairs_per_step": 2,
+        "peak_memory_bytes": 2**20,
+        "total_s": 3.0,
+    }
+    stats = bench_trl.steady_state(result, [1e9, 1e9], [50, 12])
+    assert stats["tokens_per_s"] == 6.0 and stats["engine_tokens_per_s"] == 3.5
+    assert stats["pairs_per_s"] == 1.0 and stats["cpu_pairs_per_s"] == 2.0
