@@ -299,6 +299,13 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         " this run does not measure are kept, marked with their own command and date",
     )
     parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="only write the report (and plot) again from a saved state, e.g. after editing"
+        " analysis.md: --render benchmarks/RESULTS.json",
+    )
+    parser.add_argument(
         "--child", nargs=3, metavar=("MODE", "SPEC", "RESULT"), help=argparse.SUPPRESS
     )
 
@@ -540,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         child_main(args.child[0], Path(args.child[1]), Path(args.child[2]))
+        return 0
+    if args.render:
+        state = json.loads(args.render.read_text(encoding="utf-8"))
+        out = args.out or args.render.with_suffix(".md")
+        write_report(out, state)
+        print(f"wrote {out}")
         return 0
     bench = Bench(args, argv)
     if args.merge:

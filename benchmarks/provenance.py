@@ -69,8 +69,11 @@ def merge_earlier(state: dict[str, Any], earlier_file: Path) -> list[str]:
             f" {state['preset']!r}; sizes must match"
         )
     ours = {c["name"] for c in state["cases"]}
-    # An earlier state may itself hold merged cases; keep their own provenance.
+    # An earlier state may itself hold merged cases; keep their own provenance. Sources saved
+    # before the CPU was recorded were reported as from that state's machine.
     sources = {s["id"]: s for s in earlier.get("earlier", [])}
+    for source in sources.values():
+        source.setdefault("cpu", earlier.get("machine", {}).get("cpu", "?"))
     this_id = len(sources)
     taken = []
     for case in earlier["cases"]:

@@ -111,10 +111,11 @@ def _header(state: dict[str, Any]) -> list[str]:
         )
     for source in state.get("earlier", []):
         names = ", ".join(c["name"] for c in state["cases"] if c.get("source") == source["id"])
-        cpu = f" on {source['cpu']}" if source.get("cpu") else " on the same machine"
+        cpu = f" on {source.get('cpu') or 'an unrecorded machine'}"
         lines.append(
-            f"- Cases marked [earlier {source['id'] + 1}] come from an earlier run{cpu}, same"
-            f" preset: `{source['command']}`, {source['date']}, load average at"
+            f"- Cases marked [earlier {source['id'] + 1}] come from an earlier run{cpu}"
+            + (f" (CPU flags {source['cpu_flags']})" if source.get("cpu_flags") else "")
+            + f", same preset: `{source['command']}`, {source['date']}, load average at"
             f" start {source['load_average']}, {source['repeats']} run(s) per engine of"
             f" {source['steps']} steps: {names}"
         )

@@ -71,6 +71,7 @@ def test_merge_keeps_earlier_cases_with_their_provenance(tmp_path):
     assert state["runs"]["text-adapter_off"]["mmdpo"][0]["pairs_per_s"] == 2.0
     text = report.render(state)
     assert "`old command`" in text and "`new command`" in text
+    assert "come from an earlier run on c, same preset: `old command`" in text
     assert "### llava-adapter_off: llava-adapter_off [earlier 1]" in text
     assert (
         "| mmdpo two-row: never slower than TRL | llava-adapter_off [earlier 1] |"
