@@ -1,100 +1,45 @@
 """mmdpo against TRL's DPOTrainer: the same model, data, LoRA, batch, lengths, loss (sigmoid DPO)
 and steps; throughput and peak memory, medians over alternating runs; RESULTS.md.
 
-    python benchmarks/bench_trl.py                 # every case, 3 runs of each engine (~hours
-                                                   # on 2 CPU cores; see README.md)
-    python benchmarks/bench_trl.py --quick         # the same cases, shrunk: a smoke test
+    python benchmarks/bench_trl.py                 # the original cases, 3 runs of each arm
+    python benchmarks/bench_trl.py --quick         # the same, shrunk: a smoke test
+    python benchmarks/bench_trl.py --cases scaling # how cost grows: images, prompt length, skew
     python benchmarks/bench_trl.py --cases text-adapter_off,text-precomputed --repeats 5
 
-Every run is a fresh process (so the peak memory is that run's), and the engines alternate
-(mmdpo, TRL, TRL, mmdpo, ...). Before timing a case, ``check.py`` puts its first batch through
-both engines and compares the losses. Results go to RESULTS.md (and runs.jsonl in the work
-folder, one line per run).
+Every run is a fresh process (so the peak memory is that run's), and the arms (mmdpo in each
+of its layouts, and TRL) alternate. Before timing a case, ``check.py`` runs each arm's first
+optimizer step and compares token ids, loss and LoRA gradients with TRL's; only arms that pass
+are timed. Results go to RESULTS.md (and runs.jsonl in the work folder, one line per run).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
-import platform
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
 
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    family: str  # text, qwen2_vl, llava
-    reference: str  # adapter_off, precomputed
-    quantization: str  # none, 4bit
-    trl_runs: bool  # False where TRL refuses the setting
-    what: str
-
-
-def _cases() -> dict[str, Case]:
-    cases = []
-    for quant in ("none", "4bit"):
-        tag = "" if quant == "none" else "-4bit"
-        q = "" if quant == "none" else ", 4-bit NF4 base"
-        cases += [
-            Case(
-                f"text{tag}-adapter_off",
-                "text",
-                "adapter_off",
-                quant,
-                True,
-                f"1. text, LoRA, reference = adapter off{q}",
-            ),
-            Case(
-                f"text{tag}-precomputed",
-                "text",
-                "precomputed",
-                quant,
-                True,
-                f"2. text, LoRA, precomputed reference (TRL: precompute_ref_log_probs){q}",
-            ),
-        ]
-        for family, label in (("qwen2_vl", "Qwen2-VL-shaped"), ("llava", "LLaVA-shaped")):
-            cases += [
-                Case(
-                    f"{family}{tag}-adapter_off",
-                    family,
-                    "adapter_off",
-                    quant,
-                    True,
-                    f"3. vision ({label}), LoRA, reference = adapter off{q}",
-                ),
-                Case(
-                    f"{family}{tag}-precomputed",
-                    family,
-                    "precomputed",
-                    quant,
-                    False,
-                    f"4. vision ({label}), precomputed reference; TRL refuses it{q}",
-                ),
-            ]
-    return {case.name: case for case in cases}  # fmt: skip
-
-
-CASES = _cases()
-QUICK_CASES = ("text-adapter_off", "qwen2_vl-adapter_off")
-
+from arms import LABELS, MMDPO_ARMS, TRL, arm_overrides, missing_settings, parse_arms  # noqa: E402
+from cases import CASES, GROUPS, Case, select  # noqa: E402
+from provenance import machine, merge_earlier, versions  # noqa: E402
 
 # ------------------------------------------------------------------------- child processes
 
 
 def child_main(mode: str, spec_path: Path, result_path: Path) -> None:
     """Runs in a fresh process: one of prepare / peak / check / run."""
-    sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(REPO))
     spec = json.loads(spec_path.read_text())
     if spec.get("threads"):
@@ -102,86 +47,49 @@ def child_main(mode: str, spec_path: Path, result_path: Path) -> None:
 
         torch.set_num_threads(spec["threads"])
     if mode == "prepare":
+        from prepare import prepare
+
         result = prepare(spec)
     elif mode == "peak":
-        import torch
-        from flops import matmul_peak
-
-        result = {
-            "fp32": matmul_peak(torch.float32),
-            "bf16": matmul_peak(torch.bfloat16),
-            "threads": torch.get_num_threads(),
-        }
+        result = _peak()
     elif mode == "check":
-        from check import run_check
+        from check import run_side
 
-        result = run_check(spec)
+        result = run_side(spec)
     else:
-        import runners
-
-        result = runners.RUNNERS[spec["engine"]](spec)
+        result = _run(spec)
     result_path.write_text(json.dumps(result))
 
 
-def prepare(spec: dict[str, Any]) -> dict[str, Any]:
-    """Models and pairs on disk; per-pair token and image-patch counts for the FLOP count."""
-    import workload
-    from flops import model_shape
-    from runners import mmdpo_config, mmdpo_samples
+def _peak() -> dict[str, Any]:
+    import torch
+    from flops import datasheet_bf16, matmul_peak
 
-    from mmdpo.data.transform import PairTransform, TransformSettings
-    from mmdpo.setup import load_processing
+    peak = {
+        "fp32": matmul_peak(torch.float32),
+        "bf16": matmul_peak(torch.bfloat16),
+        "threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        peak["datasheet_bf16"] = datasheet_bf16(torch.cuda.get_device_name(0))
+    return peak
 
-    root = Path(spec["work_dir"])
-    sizes = workload.PRESETS[spec["preset"]]
-    n = spec["pairs"]
+
+def _run(spec: dict[str, Any]) -> dict[str, Any]:
+    """A timed run; with ``check_spec`` (``--check-in-run``) the arm's check side first."""
+    import runners
+    import torch
+
     out: dict[str, Any] = {}
-    for family in spec["families"]:
-        folder = workload.model_folder(root, family, spec["preset"])
-        vision = family != "text"
-        pairs_file = root / f"pairs-{spec['preset']}-{'vision' if vision else 'text'}.jsonl"
-        if not pairs_file.is_file():
-            pairs = workload.synthetic_pairs(
-                n, sizes=sizes, vision=vision, image_dir=root / f"images-{spec['preset']}"
-            )
-            workload.save_pairs(pairs, pairs_file)
-        run_spec = {
-            "model_dir": str(folder),
-            "pairs": str(pairs_file),
-            "quantization": "none",
-            "reference": "adapter_off",
-            "max_length": sizes.max_length,
-            "batch_size": 1,
-            "steps": 1,
-        }
-        config = mmdpo_config(run_spec, root / "layout")
-        processing, is_vlm = load_processing(config)
-        transform = PairTransform(processing, TransformSettings(sizes.max_length), is_vlm=is_vlm)
-        layout = []
-        for sample in mmdpo_samples(run_spec):
-            pair = transform(sample)
-            patches = []
-            if pair.image_inputs:
-                inputs = pair.image_inputs
-                if "image_grid_thw" in inputs:
-                    patches = [int(g.prod()) for g in inputs["image_grid_thw"]]
-                else:  # CLIP: patches plus the CLS token
-                    side = inputs["pixel_values"].shape[-1] // workload.PATCH_SIZE
-                    patches = [side * side + 1] * inputs["pixel_values"].shape[0]
-            prompt = len(pair.prompt_ids)
-            layout.append(
-                {
-                    "rows": [prompt + len(pair.chosen_ids), prompt + len(pair.rejected_ids)],
-                    "patches": patches,
-                }
-            )
-        out[family] = {
-            "model_dir": str(folder),
-            "pairs": str(pairs_file),
-            "layout": layout,
-            "shape": model_shape(str(folder)),
-        }
-    return out
+    if spec.get("check_spec"):
+        from check import run_side
+
+        out["check"] = run_side(spec["check_spec"])
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    return {**out, **runners.RUNNERS[spec["engine"]](spec)}
 
 
 def cached_result(work: Path, tag: str, spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -189,7 +97,9 @@ def cached_result(work: Path, tag: str, spec: dict[str, Any]) -> dict[str, Any] 
     spec_path, result_path = work / f"{tag}.spec.json", work / f"{tag}.result.json"
     if spec_path.is_file() and result_path.is_file():
         if json.loads(spec_path.read_text()) == spec:
-            return json.loads(result_path.read_text())
+            result = json.loads(result_path.read_text())
+            if Path(result.get("grads_path", spec_path)).is_file():
+                return result
     return None
 
 
@@ -217,9 +127,15 @@ def spawn(mode: str, spec: dict[str, Any], work: Path, tag: str, log) -> dict[st
 # ------------------------------------------------------------------------------- analysis
 
 
-def steady_state(result: dict[str, Any], flops_per_step: list[float]) -> dict[str, float]:
-    """Throughput over steps 2..N (step 1 warms up): pairs/s, tokens/s, FLOP/s."""
+def steady_state(
+    result: dict[str, Any], flops_per_step: list[float], tokens_per_step: list[int] | None = None
+) -> dict[str, float]:
+    """Throughput over steps 2..N (step 1 warms up): pairs/s, tokens/s, FLOP/s.
+
+    Tokens are the non-padding tokens of the two rows of each pair (``tokens_per_step``, from
+    the prepared layout), the same count for every arm; without it, the engine's own count."""
     ends = result["step_ends"]
+    tokens = tokens_per_step or result["step_tokens"]
     seconds = ends[-1] - ends[0]
     measured = len(ends) - 1
     cpu = result.get("step_cpu") or [0.0, 0.0]
@@ -228,7 +144,8 @@ def steady_state(result: dict[str, Any], flops_per_step: list[float]) -> dict[st
         "cpu_pairs_per_s": result["pairs_per_step"] * measured / cpu_seconds,
         "cpu_step_s": cpu_seconds / measured,
         "pairs_per_s": result["pairs_per_step"] * measured / seconds,
-        "tokens_per_s": sum(result["step_tokens"][1:]) / seconds,
+        "tokens_per_s": sum(tokens[1 : len(ends)]) / seconds,
+        "engine_tokens_per_s": sum(result["step_tokens"][1:]) / seconds,
         "flops_per_s": sum(flops_per_step[1 : len(ends)]) / seconds,
         "peak_mib": result["peak_memory_bytes"] / 2**20,
         "step_s": seconds / measured,
@@ -236,111 +153,45 @@ def steady_state(result: dict[str, Any], flops_per_step: list[float]) -> dict[st
     }
 
 
-def case_flops(case: Case, prepared: dict[str, Any], batch: int, steps: int) -> list[float]:
+def case_tokens(info: dict[str, Any], batch: int, steps: int) -> list[int]:
+    """Per step: the non-padding tokens of the two-row layout (prompt twice)."""
+    chunks = [info["layout"][step * batch : (step + 1) * batch] for step in range(steps)]
+    return [sum(sum(pair["rows"]) for pair in chunk) for chunk in chunks]
+
+
+def case_flops(info: dict[str, Any], precomputed: bool, batch: int, steps: int) -> list[float]:
     from flops import step_flops
 
-    info = prepared[case.family]
     out = []
     for step in range(steps):
         chunk = info["layout"][step * batch : (step + 1) * batch]
         rows = [length for pair in chunk for length in pair["rows"]]
         patches = [p for pair in chunk for p in pair["patches"]]
-        out.append(step_flops(info["shape"], rows, patches, case.reference == "precomputed"))
+        out.append(step_flops(info["shape"], rows, patches, precomputed))
     return out
 
 
-def machine() -> dict[str, str]:
-    import torch
-
-    info = {"platform": platform.platform(), "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["device"] = torch.cuda.get_device_name(0)
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-        info["cpu"] = fields.get("Model name", "?").strip()
-        info["cpus"] = fields.get("CPU(s)", "?").strip()
-    except OSError:
-        info["cpu"] = platform.processor()
-    try:
-        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
-        info["memory"] = f"{int(mem) / 2**20:.0f} GiB"
-    except (OSError, IndexError, ValueError):
-        pass
-    try:
-        info["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        pass
-    return info
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets")
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+def median_of(runs: list[dict[str, float]], key: str) -> float | None:
+    values = [r[key] for r in runs]
+    return statistics.median(values) if values else None
 
 
 # -------------------------------------------------------------------------------- report
 
 
 def write_report(path: Path, state: dict[str, Any]) -> None:
-    """The report, and its state beside it (``RESULTS.json``) for a later ``--merge``."""
+    """The report, its plot, and its state beside it (``RESULTS.json``) for a later ``--merge``."""
     from report import render
 
-    path.write_text(render(state), encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(state, plot_path=_plot(path, state)), encoding="utf-8")
     path.with_suffix(".json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
 
 
-def merge_earlier(state: dict[str, Any], earlier_file: Path) -> list[str]:
-    """Fold the cases of an earlier run's state into ``state``, where this run does not
-    measure them (a case measured now replaces its earlier numbers). Returns their names."""
-    try:
-        earlier = json.loads(earlier_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"--merge {earlier_file}: cannot read the state: {err}") from None
-    missing = [k for k in ("cases", "runs", "checks", "command", "date") if k not in earlier]
-    if missing:
-        raise SystemExit(f"--merge {earlier_file}: not a benchmark state (no {missing})")
-    if earlier.get("preset") != state["preset"]:
-        raise SystemExit(
-            f"--merge {earlier_file}: preset {earlier.get('preset')!r}, this run"
-            f" {state['preset']!r}; sizes must match"
-        )
-    ours = {c["name"] for c in state["cases"]}
-    # An earlier state may itself hold merged cases; keep their own provenance.
-    sources = {s["id"]: s for s in earlier.get("earlier", [])}
-    this_id = len(sources)
-    taken = []
-    for case in earlier["cases"]:
-        if case["name"] in ours or not earlier["runs"].get(case["name"]):
-            continue
-        source = case.get("source")
-        if source is None:
-            source = this_id
-            sources[this_id] = {
-                "id": this_id,
-                "command": earlier["command"],
-                "date": earlier["date"],
-                "finished": earlier.get("finished"),
-                "load_average": earlier.get("machine", {}).get("load_average", "?"),
-                "repeats": earlier.get("repeats"),
-                "steps": earlier.get("steps"),
-            }
-        state["cases"].append({**case, "source": source})
-        state["runs"][case["name"]] = earlier["runs"][case["name"]]
-        if case["name"] in earlier["checks"]:
-            state["checks"][case["name"]] = earlier["checks"][case["name"]]
-        taken.append(case["name"])
-    used = {c.get("source") for c in state["cases"]}
-    state["earlier"] = [s for i, s in sorted(sources.items()) if i in used]
-    return taken
+def _plot(path: Path, state: dict[str, Any]) -> Path | None:
+    from plot import plot_scaling
+
+    return plot_scaling(state, path.with_name(path.stem + "-scaling.png"))
 
 
 # ---------------------------------------------------------------------------------- main
@@ -351,33 +202,79 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cases",
         default=None,
-        help="comma-separated names, or all (default; --quick: "
-        + ",".join(QUICK_CASES)
-        + "): "
+        help="comma-separated case or group names (default: the original twelve; --quick:"
+        " text-adapter_off,qwen2_vl-adapter_off). Groups: "
+        + ", ".join(GROUPS)
+        + ". Cases: "
         + ", ".join(CASES),
     )
     parser.add_argument(
-        "--repeats",
-        type=int,
+        "--arms",
         default=None,
-        help="runs of each engine per case (default 3; --quick 1)",
+        help="mmdpo layouts to run, comma-separated (default all: "
+        + ", ".join(MMDPO_ARMS)
+        + "); TRL runs wherever it accepts the case. An arm whose engine setting this build"
+        " lacks is reported as not available",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="runs of each arm per case (default 3; --quick 1)"
     )
     parser.add_argument(
         "--steps",
         type=int,
         default=None,
-        help="optimizer steps per run (default 4; the first is warm-up)",
+        help="optimizer steps per run (default 4; --quick 3; the first is warm-up)",
     )
-    parser.add_argument("--batch-size", type=int, default=2, help="pairs per step")
     parser.add_argument(
-        "--quick", action="store_true", help="the small preset, 1 run each: a smoke test"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="pairs per step (default 2; a scaling workload's own, e.g. 8 for skewed)",
     )
+    parser.add_argument(
+        "--preset",
+        choices=("full", "quick", "tiny", "gpu1b"),
+        default=None,
+        help="model and length sizes (default full; --quick: quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the quick preset, 1 run each, report in the work folder: a smoke test",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="weights and compute of the timed runs (the check is always float32)",
+    )
+    _run_options(parser)
+    return parser.parse_args(argv)
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-4bit", action="store_true", help="leave out the 4-bit cases")
-    parser.add_argument("--skip-check", action="store_true", help="do not run the same-loss check")
+    parser.add_argument(
+        "--check-only",
+        action="store_true",
+        help="run the same-work checks and stop (no timed runs)",
+    )
+    parser.add_argument(
+        "--skip-check",
+        action="store_true",
+        help="time every arm without the same-work check (the report says so)",
+    )
     parser.add_argument(
         "--recheck",
         action="store_true",
-        help="redo checks whose result is already in the work folder for the same settings",
+        help="redo checks whose result is already in the work folder",
+    )
+    parser.add_argument(
+        "--check-in-run",
+        action="store_true",
+        help="each arm's first run does its check side first, in the same process"
+        " (one process start less per arm: for a GPU, where the peak memory is"
+        " reset between the two; on CPU the peak RSS would include the check)",
     )
     parser.add_argument(
         "--threads",
@@ -385,7 +282,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="torch threads per run (default: torch's own); 1 on a shared machine",
     )
-    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="the report to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the report (default benchmarks/RESULTS.md; --quick: in the work folder)",
+    )
     parser.add_argument(
         "--work-dir", type=Path, default=Path("/tmp/mmdpo-bench"), help="models, data, runs"
     )
@@ -393,13 +295,252 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--merge",
         type=Path,
         default=None,
-        help="an earlier run's state (e.g. benchmarks/RESULTS.json): its cases that this run"
-        " does not measure are kept in the report, marked with their own command and date",
+        help="an earlier run's state (e.g. benchmarks/RESULTS.json): its cases that"
+        " this run does not measure are kept, marked with their own command and date",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="only write the report (and plot) again from a saved state, e.g. after editing"
+        " analysis.md: --render benchmarks/RESULTS.json",
     )
     parser.add_argument(
         "--child", nargs=3, metavar=("MODE", "SPEC", "RESULT"), help=argparse.SUPPRESS
     )
-    return parser.parse_args(argv)  # fmt: skip
+
+
+class Bench:
+    """One benchmark run: the plan (cases, arms, sizes), the checks, the timed runs, the state."""
+
+    def __init__(self, args: argparse.Namespace, argv: list[str] | None):
+        self.args = args
+        self.preset = args.preset or ("quick" if args.quick else "full")
+        self.repeats = 0 if args.check_only else args.repeats or (1 if args.quick else 3)
+        self.steps = args.steps or (3 if args.quick else 4)
+        names = select(args.cases, args.quick)
+        self.cases = [
+            CASES[n] for n in names if not (args.no_4bit and CASES[n].quantization != "none")
+        ]
+        self.arms = parse_arms(args.arms)
+        self.overrides = {arm: arm_overrides(arm) for arm in self.arms}
+        self.work = args.work_dir / self.preset
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.out = args.out or (self.work / "RESULTS.md" if args.quick else HERE / "RESULTS.md")
+        self.log = open(self.work / "bench.log", "a", encoding="utf-8")
+        self.runs_file = open(self.work / "runs.jsonl", "a", encoding="utf-8")
+        self.state = self._initial_state(argv)
+        self.prepared: dict[str, Any] = {}
+
+    def _initial_state(self, argv: list[str] | None) -> dict[str, Any]:
+        import workload
+
+        args = self.args
+        command = "python benchmarks/bench_trl.py " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
+        unavailable = {
+            arm: f"needs {', '.join(missing_settings(arm))}, which this build's config lacks"
+            for arm, overrides in self.overrides.items()
+            if overrides is None
+        }
+        return {
+            "command": command.strip(),
+            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "machine": machine(),
+            "versions": versions(),
+            "preset": self.preset,
+            "sizes": asdict(workload.PRESETS[self.preset]),
+            "repeats": self.repeats,
+            "steps": self.steps,
+            "batch_size": args.batch_size or 2,
+            "dtype": args.dtype,
+            "threads": args.threads,
+            "check_skipped": args.skip_check,
+            "arms": [*self.arms, TRL],
+            "arm_labels": LABELS,
+            "unavailable": unavailable,
+            "cases": [asdict(c) for c in self.cases],
+            "checks": {},
+            "runs": {c.name: {arm: [] for arm in [*self.arms, TRL]} for c in self.cases},
+            "failures": [],
+        }
+
+    # ----------------------------------------------------------------------------- plan
+
+    def batch_size(self, case: Case) -> int:
+        import scaling
+
+        if self.args.batch_size:
+            return self.args.batch_size
+        return scaling.WORKLOADS[case.workload].batch_size if case.workload else 2
+
+    def prepare(self) -> None:
+        from prepare import dataset_key
+
+        datasets: dict[str, int] = {}
+        for case in self.cases:
+            key = dataset_key(case)
+            datasets[key] = max(datasets.get(key, 0), self.batch_size(case) * self.steps)
+        print(f"preparing models and data ({self.preset}) in {self.work}", flush=True)
+        spec = {"work_dir": str(self.work), "preset": self.preset, "datasets": datasets}
+        prepared = spawn("prepare", spec, self.work, "prepare", self.log)
+        if prepared is None:
+            raise SystemExit(f"preparation failed; see {self.work / 'bench.log'}")
+        self.prepared = prepared
+        print("measuring the matmul peak", flush=True)
+        self.state["peak"] = spawn(
+            "peak", {"threads": self.args.threads}, self.work, "peak", self.log
+        )
+
+    def spec(self, case: Case, arm: str, tag: str) -> dict[str, Any]:
+        from prepare import dataset_key
+
+        info = self.prepared[dataset_key(case)]
+        return {
+            "engine": TRL if arm == TRL else "mmdpo",
+            "arm": arm,
+            "overrides": [] if arm == TRL else self.overrides[arm],
+            "family": case.family,
+            "vision": case.family != "text",
+            "model_dir": info["model_dir"],
+            "pairs": info["pairs"],
+            "quantization": case.quantization,
+            "reference": case.reference,
+            "dtype": self.args.dtype,
+            "max_length": info["max_length"],
+            "batch_size": self.batch_size(case),
+            "steps": self.steps,
+            "trl_runs": case.trl_runs,
+            "threads": self.args.threads,
+            "work_dir": str(self.work / "runs" / tag),
+        }
+
+    def check_spec(self, case: Case, arm: str) -> dict[str, Any]:
+        """One optimizer step on the first batch, float32, no clipping; TRL's side runs the
+        adapter-off reference where TRL refuses the case's (the reference log-probs are the
+        same either way, and they carry no gradient)."""
+        tag = f"check-{case.name}-{arm}"
+        spec = self.spec(case, arm, tag)
+        spec.update(steps=1, limit_pairs=spec["batch_size"], max_grad_norm=0.0, dtype="float32")
+        spec["grads_path"] = str(self.work / f"{tag}.grads.pt")
+        if arm == TRL and not case.trl_runs:
+            spec.update(reference="adapter_off", refused_reference=case.reference)
+        return spec
+
+    # --------------------------------------------------------------------------- checks
+
+    def check_case(self, case: Case) -> list[str]:
+        """Run the check sides of ``case``; record verdicts; return the arms that may be timed."""
+        from check import compare_sides
+
+        runnable = [a for a in self.arms if self.overrides[a] is not None]
+        sides = {}
+        for arm in [TRL, *runnable]:
+            tag = f"check-{case.name}-{arm}"
+            spec = self.check_spec(case, arm)
+            cached = None if self.args.recheck else cached_result(self.work, tag, spec)
+            sides[arm] = cached or spawn("check", spec, self.work, tag, self.log)
+        return self.record_checks(case, sides, compare_sides)
+
+    def record_checks(self, case: Case, sides: dict[str, Any], compare) -> list[str]:
+        theirs = sides.get(TRL)
+        record: dict[str, Any] = {"arms": {}}
+        if theirs:
+            record["trl"] = {k: theirs.get(k) for k in ("loss", "inference_layout", "trl_refusal")}
+            if not case.trl_runs:
+                record["against"] = "TRL with the adapter-off reference (TRL refuses this case's)"
+        passed = []
+        for arm in (a for a in self.arms if a in sides):
+            ours = sides[arm]
+            if ours is None or theirs is None:
+                side = "TRL" if theirs is None else "mmdpo"
+                record["arms"][arm] = {
+                    "passed": False,
+                    "reason": f"{side}'s check side failed to run",
+                }
+                continue
+            verdict = compare(ours, theirs)
+            record["arms"][arm] = verdict
+            if verdict["passed"]:
+                passed.append(arm)
+        self.state["checks"][case.name] = record
+        write_report(self.out, self.state)
+        for arm, verdict in record["arms"].items():
+            print(f"  {arm}: {'pass' if verdict['passed'] else 'FAIL: ' + str(verdict['reason'])}",
+                  flush=True)  # fmt: skip
+        return passed + ([TRL] if case.trl_runs and passed else [])
+
+    # ---------------------------------------------------------------------------- runs
+
+    def fused_check(self, case: Case, repeat: int) -> bool:
+        """Whether this run does its arm's check side first (``--check-in-run``)."""
+        args = self.args
+        return args.check_in_run and not args.skip_check and case.trl_runs and repeat == 0
+
+    def timed_run(self, case: Case, arm: str, repeat: int, work: tuple[list, list]) -> dict | None:
+        tag = f"{case.name}-{arm}-{repeat}"
+        print(f"run {tag}", flush=True)
+        spec = self.spec(case, arm, tag)
+        if self.fused_check(case, repeat):
+            spec["check_spec"] = self.check_spec(case, arm)
+        result = spawn("run", spec, self.work, tag, self.log)
+        if result is None:
+            self.state["failures"].append(tag)
+            return None
+        stats = steady_state(result, *work)
+        self.runs_file.write(json.dumps({"tag": tag, **stats, "raw": result}) + "\n")
+        self.runs_file.flush()
+        print(f"  {stats['pairs_per_s']:.3f} pairs/s, {stats['tokens_per_s']:.0f} tokens/s,"
+              f" peak {stats['peak_mib']:.0f} MiB", flush=True)  # fmt: skip
+        return {"stats": stats, "check": result.get("check")}
+
+    def run_case_repeat(self, case: Case, arms: list[str], repeat: int, index: int) -> list[str]:
+        """One run of each arm, the order rotated per repeat and case; returns the arms that
+        stay (with ``--check-in-run``, those whose check passed)."""
+        from check import compare_sides
+        from prepare import dataset_key
+
+        info = self.prepared[dataset_key(case)]
+        precomputed = case.reference == "precomputed"
+        batch = self.batch_size(case)
+        work = (
+            case_flops(info, precomputed, batch, self.steps),
+            case_tokens(info, batch, self.steps),
+        )
+        shift = (repeat + index) % len(arms)
+        results = {
+            arm: self.timed_run(case, arm, repeat, work) for arm in arms[shift:] + arms[:shift]
+        }
+        kept = arms
+        if self.fused_check(case, repeat):
+            sides = {arm: (r or {}).get("check") for arm, r in results.items()}
+            kept = self.record_checks(case, sides, compare_sides)
+        for arm in kept:
+            if results.get(arm):
+                self.state["runs"][case.name][arm].append(results[arm]["stats"])
+        write_report(self.out, self.state)
+        return kept
+
+    def run(self) -> None:
+        self.prepare()
+        timed: dict[str, list[str]] = {}
+        for case in self.cases:
+            runnable = [a for a in self.arms if self.overrides[a] is not None]
+            everything = runnable + ([TRL] if case.trl_runs else [])
+            if self.args.skip_check or self.fused_check(case, 0):
+                timed[case.name] = everything
+            else:
+                print(f"check {case.name}", flush=True)
+                timed[case.name] = self.check_case(case)
+        for repeat in range(self.repeats):
+            for index, case in enumerate(self.cases):
+                if timed[case.name]:
+                    timed[case.name] = self.run_case_repeat(case, timed[case.name], repeat, index)
+        self.state["finished"] = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        (self.work / "state.json").write_text(json.dumps(self.state, indent=1))
+        write_report(self.out, self.state)
+        print(f"wrote {self.out}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,115 +548,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child_main(args.child[0], Path(args.child[1]), Path(args.child[2]))
         return 0
-    sys.path.insert(0, str(HERE))
-    preset = "quick" if args.quick else "full"
-    repeats = args.repeats or (1 if args.quick else 3)
-    steps = args.steps or (3 if args.quick else 4)
-    if args.cases in (None, "all"):
-        names = list(QUICK_CASES) if args.quick and args.cases is None else list(CASES)
-    else:
-        names = [c.strip() for c in args.cases.split(",")]
-    unknown = [n for n in names if n not in CASES]
-    if unknown:
-        raise SystemExit(f"unknown case(s) {unknown}; valid: {', '.join(CASES)}")
-    cases = [CASES[n] for n in names if not (args.no_4bit and CASES[n].quantization != "none")]
-    work = args.work_dir / preset
-    work.mkdir(parents=True, exist_ok=True)
-    log = open(work / "bench.log", "a", encoding="utf-8")
-    command = "python benchmarks/bench_trl.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    started = datetime.datetime.now().astimezone()
-    state: dict[str, Any] = {
-        "command": command.strip(),
-        "date": started.strftime("%Y-%m-%d %H:%M %Z"),
-        "machine": machine(),
-        "versions": versions(),
-        "preset": preset,
-        "repeats": repeats,
-        "steps": steps,
-        "batch_size": args.batch_size,
-        "threads": args.threads,
-        "cases": [asdict(c) for c in cases],
-        "checks": {},
-        "runs": {c.name: {"mmdpo": [], "trl": []} for c in cases},
-        "failures": [],
-    }
+    if args.render:
+        state = json.loads(args.render.read_text(encoding="utf-8"))
+        out = args.out or args.render.with_suffix(".md")
+        write_report(out, state)
+        print(f"wrote {out}")
+        return 0
+    bench = Bench(args, argv)
     if args.merge:
-        taken = merge_earlier(state, args.merge)
+        taken = merge_earlier(bench.state, args.merge)
         print(f"kept from {args.merge}: {', '.join(taken) or 'nothing'}", flush=True)
-    import workload
-
-    state["sizes"] = asdict(workload.PRESETS[preset])
-    n_pairs = args.batch_size * steps
-    families = sorted({c.family for c in cases})
-    print(f"preparing models and data ({preset}) in {work}", flush=True)
-    prepared = spawn(
-        "prepare",
-        {"work_dir": str(work), "preset": preset, "pairs": n_pairs, "families": families},
-        work, "prepare", log,
-    )  # fmt: skip
-    if prepared is None:
-        raise SystemExit(f"preparation failed; see {work / 'bench.log'}")
-    print("measuring the matmul peak", flush=True)
-    state["peak"] = spawn("peak", {"threads": args.threads}, work, "peak", log)
-    sizes = workload.PRESETS[preset]
-
-    def spec_for(case: Case, engine: str, tag: str) -> dict[str, Any]:
-        info = prepared[case.family]
-        return {
-            "engine": engine,
-            "family": case.family,
-            "vision": case.family != "text",
-            "model_dir": info["model_dir"],
-            "pairs": info["pairs"],
-            "quantization": case.quantization,
-            "reference": case.reference,
-            "max_length": sizes.max_length,
-            "batch_size": args.batch_size,
-            "steps": steps,
-            "trl_runs": case.trl_runs,
-            "threads": args.threads,
-            "work_dir": str(work / "runs" / tag),
-        }
-
-    if not args.skip_check:
-        for case in cases:
-            print(f"check {case.name}", flush=True)
-            tag = f"check-{case.name}"
-            spec = spec_for(case, "check", tag)
-            cached = cached_result(work, tag, spec) if not args.recheck else None
-            result = cached or spawn("check", spec, work, tag, log)
-            failed = {"error": "the check failed to run; see bench.log"}
-            state["checks"][case.name] = result or failed
-            write_report(args.out, state)
-
-    flops = {c.name: case_flops(c, prepared, args.batch_size, steps) for c in cases}
-    runs_file = open(work / "runs.jsonl", "a", encoding="utf-8")
-    for repeat in range(repeats):
-        for index, case in enumerate(cases):
-            engines = ["mmdpo", "trl"] if case.trl_runs else ["mmdpo"]
-            if (repeat + index) % 2:
-                engines.reverse()  # alternate which engine goes first
-            for engine in engines:
-                tag = f"{case.name}-{engine}-{repeat}"
-                print(f"run {tag}", flush=True)
-                result = spawn("run", spec_for(case, engine, tag), work, tag, log)
-                if result is None:
-                    state["failures"].append(tag)
-                    continue
-                stats = steady_state(result, flops[case.name])
-                state["runs"][case.name][engine].append(stats)
-                runs_file.write(json.dumps({"tag": tag, **stats, "raw": result}) + "\n")
-                runs_file.flush()
-                write_report(args.out, state)
-                print(
-                    f"  {stats['pairs_per_s']:.3f} pairs/s, {stats['tokens_per_s']:.0f} tokens/s,"
-                    f" peak {stats['peak_mib']:.0f} MiB",
-                    flush=True,
-                )
-    state["finished"] = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    (work / "state.json").write_text(json.dumps(state, indent=1))
-    write_report(args.out, state)
-    print(f"wrote {args.out}", flush=True)
+    bench.run()
     return 0
 
 

@@ -10,8 +10,15 @@ an engine happens to do, so an engine that repeats work shows a lower achieved s
     policy:    3 x (F over the 2B rows + G over the B pairs' images)   (forward + backward)
     reference: 1 x the same forward, or 0 when precomputed.
 
-With LoRA the backward computes input gradients only (~2x forward) plus the small adapter
-gradients, so 3x is the usual "6 N per token" training convention, slightly over the need.
+The rule, per token of the two-row layout: 6N for the policy (2N forward, 4N backward) plus
+2N for an adapter-off reference forward: **8N with the adapter-off reference, 6N with a
+precomputed one**, plus the attention and vision-tower terms above. With LoRA the backward
+computes input gradients only (~2x forward) plus the small adapter gradients, so 6N is the
+usual training convention, slightly over the need. The count is the two-row layout's for every
+engine and layout: a layout that computes the prompt once (shared-prompt) or skips padding does
+less work for the same pairs, and shows it as more model FLOP/s (a throughput in FLOP units,
+which can pass what the hardware does). Model FLOP utilisation (MFU) is that rate over the
+accelerator's dense bf16 peak: the datasheet's (``DATASHEET_BF16``) and the measured matmul's.
 """
 
 from __future__ import annotations
@@ -20,6 +27,24 @@ import time
 from typing import Any
 
 import torch
+
+# Dense bf16 tensor-core peak from NVIDIA's datasheets (SXM boards), FLOP/s; the first name
+# that occurs in the device's name wins.
+DATASHEET_BF16 = (
+    ("H200 NVL", 835e12),
+    ("H200", 989e12),
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+)
+
+
+def datasheet_bf16(device_name: str) -> float | None:
+    for name, peak in DATASHEET_BF16:
+        if name in device_name:
+            return peak
+    return None
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 7) -> float:

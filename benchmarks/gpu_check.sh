@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One short CUDA check of the engine, for a lent GPU machine (the `device` tool), e.g.:
-#   echo /.whl/ >> .git/info/exclude; pip download the wheels below into .whl (see README
-#   of the device tool), then run with carry=[".whl"]:  bash benchmarks/gpu_check.sh
+# One short CUDA check of the engine, for a lent GPU machine (the `device` tool): the wheels
+# once, here (bash benchmarks/gpu_wheels.sh), then run with carry=[".whl"]:
+#   bash benchmarks/gpu_check.sh
 # It runs the engine tests (training with 4-bit/8-bit LoRA, every reference mode, resume,
 # vision) on the GPU: accelerate puts the models on CUDA when one is there.
 set -u

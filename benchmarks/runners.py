@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ BETA = 0.1
 SEED = 42
 
 
+def fresh_folder(path: Path) -> Path:
+    """``path``, emptied: a run never continues or mixes with an earlier run's files."""
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
 def peak_memory_bytes() -> int:
     """Peak CUDA memory allocated when on a GPU, else the process's peak RSS."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -36,14 +43,26 @@ def peak_memory_bytes() -> int:
 # ----------------------------------------------------------------------------------- mmdpo
 
 
+def _pairs(spec: dict[str, Any]) -> list[Any]:
+    """The case's pairs; only the first ``limit_pairs`` when set (the same-work check)."""
+    pairs = load_pairs(Path(spec["pairs"]))
+    return pairs[: spec["limit_pairs"]] if spec.get("limit_pairs") else pairs
+
+
+def _dtype(spec: dict[str, Any]) -> str:
+    return spec.get("dtype") or "float32"
+
+
 def mmdpo_config(spec: dict[str, Any], output_dir: Path) -> Any:
+    """The run's config: the shared settings, then the arm's overrides (its forward layout)."""
     from mmdpo.config import load_config
 
+    bf16 = _dtype(spec) == "bfloat16"
     return load_config(
         None,
         [
             f"model.name_or_path={spec['model_dir']}",
-            "model.dtype=float32",
+            f"model.dtype={_dtype(spec)}",
             f"model.quantization={spec['quantization']}",
             "data.train=in-memory",
             f"data.max_length={spec['max_length']}",
@@ -62,12 +81,15 @@ def mmdpo_config(spec: dict[str, Any], output_dir: Path) -> Any:
             f"train.learning_rate={LEARNING_RATE}",
             "train.scheduler=constant",
             "train.warmup_ratio=0",
-            "train.max_grad_norm=1.0",
+            f"train.max_grad_norm={spec.get('max_grad_norm', 1.0)}",
+            *(["train.mixed_precision=bf16"] if bf16 else []),
             "train.optimizer=adamw",
             f"train.seed={SEED}",
             "train.progress=false",
             "train.save_every=0",
             "train.keep_last=1",
+            "train.plots=false",
+            *spec.get("overrides", []),
         ],
     )
 
@@ -76,15 +98,15 @@ def mmdpo_samples(spec: dict[str, Any]) -> list[Any]:
     from mmdpo.types import PreferenceSample
 
     samples = []
-    for pair in load_pairs(Path(spec["pairs"])):
+    for pair in _pairs(spec):
         samples.append(
             PreferenceSample(
                 id=pair.id,
                 prompt=pair.prompt,
                 chosen=pair.chosen,
                 rejected=pair.rejected,
-                images=[pair.image] if pair.image else [],
-                modality="vision" if pair.image else "text",
+                images=list(pair.images),
+                modality="vision" if pair.images else "text",
                 source="bench",
             )
         )
@@ -104,7 +126,7 @@ def run_mmdpo(spec: dict[str, Any]) -> dict[str, Any]:
             return super().update(stats)
 
     engine.ProgressBar = TimedBar  # the one instrument: the loop itself is unchanged
-    output_dir = Path(spec["work_dir"]) / "run"
+    output_dir = fresh_folder(Path(spec["work_dir"]) / "run")
     config = mmdpo_config(spec, output_dir)
     started = time.perf_counter()
     engine.train(config, mmdpo_samples(spec))
@@ -136,13 +158,14 @@ def trl_model(spec: dict[str, Any]) -> Any:
         BitsAndBytesConfig,
     )
 
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    dtype = getattr(torch, _dtype(spec))
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if spec["quantization"] == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
+            bnb_4bit_compute_dtype=dtype,
         )
         on_gpu = torch.cuda.is_available()
         kwargs["device_map"] = {"": torch.cuda.current_device()} if on_gpu else "cpu"
@@ -159,12 +182,15 @@ def trl_dataset(spec: dict[str, Any]) -> Any:
     from PIL import Image
 
     rows = []
-    for pair in load_pairs(Path(spec["pairs"])):
+    for pair in _pairs(spec):
         row = {"prompt": pair.prompt, "chosen": " " + pair.chosen, "rejected": " " + pair.rejected}
-        if pair.image:
-            row["prompt"] = IMAGE_PLACEHOLDERS[spec["family"]] + " " + pair.prompt
-            with Image.open(pair.image) as image:
-                row["images"] = [image.convert("RGB")]
+        if pair.images:
+            placeholders = " ".join([IMAGE_PLACEHOLDERS[spec["family"]]] * len(pair.images))
+            row["prompt"] = placeholders + " " + pair.prompt
+            row["images"] = []
+            for path in pair.images:
+                with Image.open(path) as image:
+                    row["images"].append(image.convert("RGB"))
         rows.append(row)
     return Dataset.from_list(rows)
 
@@ -190,7 +216,7 @@ def trl_trainer(spec: dict[str, Any], callbacks: list[Any] | None = None) -> Any
         task_type="CAUSAL_LM",
     )
     args = DPOConfig(
-        output_dir=str(Path(spec["work_dir"]) / "trl"),
+        output_dir=str(fresh_folder(Path(spec["work_dir"]) / "trl")),
         per_device_train_batch_size=spec["batch_size"],
         gradient_accumulation_steps=1,
         max_steps=spec["steps"],
@@ -198,7 +224,7 @@ def trl_trainer(spec: dict[str, Any], callbacks: list[Any] | None = None) -> Any
         lr_scheduler_type="constant",
         warmup_steps=0,
         weight_decay=0.0,
-        max_grad_norm=1.0,
+        max_grad_norm=spec.get("max_grad_norm", 1.0),
         optim="adamw_torch",
         beta=BETA,
         loss_type=["sigmoid"],
@@ -206,7 +232,7 @@ def trl_trainer(spec: dict[str, Any], callbacks: list[Any] | None = None) -> Any
         precompute_ref_log_probs=spec["reference"] == "precomputed",
         precompute_ref_batch_size=spec["batch_size"],
         gradient_checkpointing=False,
-        bf16=False,
+        bf16=_dtype(spec) == "bfloat16",
         fp16=False,
         use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="sequential",

@@ -8,9 +8,10 @@ the same ids in mmdpo and in TRL, with no merges across the prompt/response boun
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ IMAGE_PLACEHOLDERS = {
 }
 
 PATCH_SIZE = 14
+MAX_POSITIONS = 8192  # the prompt sweep goes to 4096 prompt tokens plus the responses
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Sizes:
     vision_width: int
     vision_layers: int
     vision_heads: int
+    weights_dtype: str = "float32"  # how the random weights are saved (bf16 halves a 1B model)
 
     def text_config(self) -> dict[str, Any]:
         return {
@@ -51,7 +54,7 @@ class Sizes:
             "num_hidden_layers": self.layers,
             "num_attention_heads": self.heads,
             "num_key_value_heads": self.kv_heads,
-            "max_position_embeddings": 4096,
+            "max_position_embeddings": MAX_POSITIONS,
             "tie_word_embeddings": False,
             "vocab_size": VOCAB_SIZE,
         }
@@ -66,6 +69,12 @@ PRESETS = {
     "full": Sizes(512, 1408, 8, 8, 2, 512, 224, 384, 6, 6),
     # The same shapes, shrunk so that every case runs in seconds (a smoke test of the script).
     "quick": Sizes(128, 352, 2, 4, 2, 128, 112, 64, 2, 4),
+    # Smaller still, for the tests; every 4-bit layer's sides are multiples of 64, so that
+    # bitsandbytes' CPU inference layout fits them (it crashes on other shapes).
+    "tiny": Sizes(64, 128, 2, 2, 1, 64, 56, 32, 1, 2),
+    # A 1B-class decoder (TinyLlama-1.1B's shape: 2048 wide, 22 layers, 32 heads with 4 KV
+    # heads, MLP 5632, 32k vocabulary) and a 300M ViT, for the GPU run; saved in bf16.
+    "gpu1b": Sizes(2048, 5632, 22, 32, 4, 512, 224, 1024, 16, 16, "bfloat16"),
 }
 
 # A template that writes the turns' text one after the other, separated by a space: the prompt
@@ -102,7 +111,7 @@ def build_tokenizer(family: str | None = None) -> Any:
         unk_token=UNK,
         extra_special_tokens=SPECIALS[4:],
         chat_template=chat_template(family),
-        model_max_length=4096,
+        model_max_length=MAX_POSITIONS,
         clean_up_tokenization_spaces=False,
     )
     return tokenizer
@@ -116,6 +125,13 @@ def _token_ids(tokenizer: Any) -> dict[str, int]:
     }
 
 
+def _save(model: Any, folder: Path, sizes: Sizes) -> None:
+    import torch
+
+    dtype = getattr(torch, sizes.weights_dtype)
+    model.to(device="cpu", dtype=dtype).save_pretrained(folder)
+
+
 def _text_model(folder: Path, sizes: Sizes) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -123,7 +139,7 @@ def _text_model(folder: Path, sizes: Sizes) -> None:
     config = AutoConfig.for_model("llama", **sizes.text_config(), **_token_ids(tokenizer))
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
+    _save(model, folder, sizes)
     tokenizer.save_pretrained(folder)
 
 
@@ -169,7 +185,7 @@ def _qwen2_vl(folder: Path, sizes: Sizes) -> None:
     )
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
+    _save(model, folder, sizes)
     processor.save_pretrained(folder)
 
 
@@ -213,40 +229,63 @@ def _llava(folder: Path, sizes: Sizes) -> None:
     )
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
+    _save(model, folder, sizes)
     processor.save_pretrained(folder)
 
 
 BUILDERS = {"text": _text_model, "qwen2_vl": _qwen2_vl, "llava": _llava}
 
 
-def model_folder(root: Path, family: str, preset: str) -> Path:
-    """Build the model of ``family`` (text, qwen2_vl, llava) once under ``root``; seeded."""
+def model_folder(root: Path, family: str, preset: str, image_size: int | None = None) -> Path:
+    """Build the model of ``family`` (text, qwen2_vl, llava) once under ``root``; seeded.
+
+    ``image_size`` (px) other than the preset's gives a model of its own: the VLM processors
+    are saved with their image size (Qwen2-VL's pixel budget, CLIP's crop)."""
     import torch
 
-    folder = root / f"model-{preset}-{family}"
+    sizes = PRESETS[preset]
+    suffix = ""
+    if family != "text" and image_size and image_size != sizes.image_size:
+        sizes = dataclasses.replace(sizes, image_size=image_size)
+        suffix = f"-{image_size}px"
+    folder = root / f"model-{preset}-{family}{suffix}"
     if (folder / "config.json").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
+    # Random init of a 1B model takes minutes on CPU and seconds on a GPU.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(0)
-        BUILDERS[family](folder, PRESETS[preset])
+        BUILDERS[family](folder, sizes)
     return folder
 
 
 @dataclass
 class PairText:
-    """One synthetic pair as words: prompt, chosen and rejected (each response ends with EOS)."""
+    """One synthetic pair as words: prompt, chosen and rejected (each response ends with EOS),
+    and the prompt's images (files), which come before its text."""
 
     id: str
     prompt: str
     chosen: str
     rejected: str
-    image: str | None = None
+    images: list[str] = field(default_factory=list)
 
 
 def _words(rng: random.Random, n: int) -> str:
     return " ".join(f"w{rng.randrange(FIRST_WORD, VOCAB_SIZE)}" for _ in range(n))
+
+
+def write_image(path: Path, size: int, rng: random.Random) -> str:
+    """A ``size`` x ``size`` RGB image of 32 x 32 random blocks (PNG), once. The random
+    numbers are drawn either way, so the pairs do not depend on which images exist."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = bytes(rng.randrange(256) for _ in range(3 * 32 * 32))
+    if not path.is_file():
+        Image.frombytes("RGB", (32, 32), pixels).resize((size, size)).save(path)
+    return str(path)
 
 
 def synthetic_pairs(
@@ -259,22 +298,15 @@ def synthetic_pairs(
     2 x 2 patches) and a text prompt of 1/16-1/8 of ``max_length``. Responses end with ``</s>``.
     """
     max_length = sizes.max_length
-    from PIL import Image
-
     rng = random.Random(seed)
     pairs = []
     for index in range(n):
         budget = int(max_length * rng.uniform(0.6, 1.0))
-        image = None
+        images = []
         if vision:
             prompt_len = rng.randint(max_length // 16, max_length // 8)
             budget -= sizes.patches_per_side**2
-            image_dir.mkdir(parents=True, exist_ok=True)
-            image = str(image_dir / f"image-{index}.png")
-            if not Path(image).is_file():
-                pixels = bytes(rng.randrange(256) for _ in range(3 * 32 * 32))
-                small = Image.frombytes("RGB", (32, 32), pixels)
-                small.resize((sizes.image_size, sizes.image_size)).save(image)
+            images.append(write_image(image_dir / f"image-{index}.png", sizes.image_size, rng))
         else:
             prompt_len = int(budget * rng.uniform(0.35, 0.55))
         room = max(8, budget - prompt_len - 1)
@@ -286,7 +318,7 @@ def synthetic_pairs(
                 prompt=_words(rng, prompt_len),
                 chosen=_words(rng, chosen_len) + " " + EOS,
                 rejected=_words(rng, rejected_len) + " " + EOS,
-                image=image,
+                images=images,
             )
         )
     return pairs
@@ -297,4 +329,13 @@ def save_pairs(pairs: list[PairText], path: Path) -> None:
 
 
 def load_pairs(path: Path) -> list[PairText]:
-    return [PairText(**json.loads(line)) for line in path.read_text().splitlines() if line]
+    pairs = []
+    for line in path.read_text().splitlines():
+        if not line:
+            continue
+        row = json.loads(line)
+        if "image" in row:  # files written before multi-image prompts
+            image = row.pop("image")
+            row["images"] = [image] if image else []
+        pairs.append(PairText(**row))
+    return pairs
