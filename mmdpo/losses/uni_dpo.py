@@ -17,6 +17,39 @@ from mmdpo.losses.base import check_pair_tensors
 from mmdpo.types import LossOutput
 
 
+def quality_weight(
+    score_chosen: torch.Tensor, score_rejected: torch.Tensor, eta: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """Quality-aware weight, Uni-DPO §"w_qual": σ(η (S_w − S_l)) on raw scores; a constant
+    (scores carry no gradient). Pairs without scores (NaN) keep weight 1. Shape: (B,)"""
+    has_scores = ~(torch.isnan(score_chosen) | torch.isnan(score_rejected))
+    score_margin = (score_chosen - score_rejected).to(dtype).detach()
+    ones = torch.ones(score_margin.shape, dtype=dtype, device=score_margin.device)
+    return torch.where(has_scores, torch.sigmoid(eta * score_margin), ones)
+
+
+def perf_weight(
+    policy_margin: torch.Tensor, beta: float, tau_ref: float, gamma: float
+) -> torch.Tensor:
+    """Performance-aware (focal) weight, Uni-DPO §"w_perf": (1 − σ(β(ℓ_w − ℓ_l) − τ_ref))^γ
+    on the policy-only margin. Computed as exp(γ · log σ(−x)), since 1 − σ(x) = σ(−x), which
+    stays finite where σ(−x) underflows. Shape: (B,)"""
+    return torch.exp(gamma * F.logsigmoid(-(beta * policy_margin - tau_ref)))
+
+
+@torch.no_grad()
+def nll_gate(
+    ref_chosen_logps: torch.Tensor,
+    policy_chosen_logps: torch.Tensor,
+    score_chosen: torch.Tensor,
+    tau_good: float | torch.Tensor,
+) -> torch.Tensor:
+    """Calibrated NLL gate, Uni-DPO §"c-NLL": c = 1[ℓ_w⁰ > ℓ_w] · 1[S_w ≥ τ_good]. No gradient;
+    a NaN score compares False, so unscored pairs are never gated on. Shape: (B,)"""
+    gate = (ref_chosen_logps > policy_chosen_logps) & (score_chosen >= tau_good)
+    return gate.to(policy_chosen_logps.dtype)
+
+
 def uni_dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -71,43 +104,25 @@ def uni_dpo_loss(
     margin = policy_margin - (ref_chosen_logps - ref_rejected_logps)
     logits = beta * margin
 
-    ones = torch.ones_like(policy_margin)
-    has_scores = ~(torch.isnan(score_chosen) | torch.isnan(score_rejected))
-    if use_quality_weight:
-        # Quality-aware weight, Uni-DPO §"w_qual": σ(η (S_w − S_l)) on raw scores; a constant
-        # (scores carry no gradient). Pairs without scores keep weight 1.
-        score_margin = (score_chosen - score_rejected).to(policy_margin.dtype).detach()
-        w_qual = torch.where(has_scores, torch.sigmoid(eta * score_margin), ones)
-    else:
-        w_qual = ones
-
+    w_qual = (
+        quality_weight(score_chosen, score_rejected, eta, policy_margin.dtype)
+        if use_quality_weight
+        else torch.ones_like(policy_margin)
+    )
     if use_perf_weight:
-        # Performance-aware (focal) weight, Uni-DPO §"w_perf": (1 − σ(β(ℓ_w − ℓ_l) − τ_ref))^γ on
-        # the policy-only margin. Computed as exp(γ · log σ(−x)), since 1 − σ(x) = σ(−x), which
-        # stays finite where σ(−x) underflows.
-        w_perf = torch.exp(gamma * F.logsigmoid(-(beta * policy_margin - tau_ref)))
+        w_perf = perf_weight(policy_margin, beta, tau_ref, gamma)
         if detach_perf_weight:
             w_perf = w_perf.detach()
     else:
-        w_perf = ones
+        w_perf = torch.ones_like(policy_margin)
 
-    # Calibrated NLL gate, Uni-DPO §"c-NLL": c = 1[ℓ_w⁰ > ℓ_w] · 1[S_w ≥ τ_good]. Comparisons
-    # carry no gradient; a NaN score compares False, so unscored pairs are never gated on.
-    with torch.no_grad():
-        nll_gate = ((ref_chosen_logps > policy_chosen_logps) & (score_chosen >= tau_good)).to(
-            policy_margin.dtype
-        )
+    c = nll_gate(ref_chosen_logps, policy_chosen_logps, score_chosen, tau_good)
 
     # Uni-DPO objective: −w_qual · w_perf · log σ(β Δ) + λ · c · (−ℓ_w); the engine takes the mean.
-    losses = -w_qual * w_perf * F.logsigmoid(logits) - nll_lambda * nll_gate * policy_chosen_logps
+    losses = -w_qual * w_perf * F.logsigmoid(logits) - nll_lambda * c * policy_chosen_logps
 
     chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps).detach()
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps).detach()
-    metrics = {
-        "w_qual": w_qual.detach(),
-        "w_perf": w_perf.detach(),
-        "nll_gate": nll_gate,
-        "margin": logits.detach(),
-        "policy_margin": policy_margin.detach(),
-    }
-    return LossOutput(losses, chosen_rewards, rejected_rewards, metrics)
+    weights = {"w_qual": w_qual.detach(), "w_perf": w_perf.detach(), "nll_gate": c}
+    margins = {"margin": logits.detach(), "policy_margin": policy_margin.detach()}
+    return LossOutput(losses, chosen_rewards, rejected_rewards, {**weights, **margins})
