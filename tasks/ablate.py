@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -55,7 +56,10 @@ VARIANTS: dict[str, Variant] = {
     # The peers with their own defaults (README: dpo beta 0.1 on summed log-probs; simpo
     # beta 2, gamma 1 on mean log-probs); loss.kwargs={} drops the Uni-DPO hyperparameters.
     "dpo": Variant("DPO", ("loss.name=dpo", "loss.kwargs={}", "loss.length_normalized=null")),
-    "simpo": Variant("SimPO", ("loss.name=simpo", "loss.kwargs={}", "loss.length_normalized=null")),
+    "simpo": Variant(
+        "SimPO",
+        ("loss.name=simpo", "loss.kwargs={}", "loss.length_normalized=null", "reference.mode=none"),
+    ),
 }
 
 
@@ -95,11 +99,16 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def sweep_record(args: argparse.Namespace, variants: list[str], seeds: list[int]) -> dict:
+    """What defines the sweep; ``demo.*`` words are the demo world's options, the rest are
+    engine overrides applied to every run."""
+    demo_words = [w for w in args.words if w.startswith("demo.")]
+    if demo_words and args.task != "demo":
+        raise AblationError(f"{demo_words[0]}: demo.* options are for --task demo")
     return {
         "task": args.task,
         "config": str(Path(args.config).resolve()) if args.config else None,
-        "overrides": list(args.words),
-        "task_options": {"n_prompts": args.n_prompts, "k": args.k},
+        "overrides": [w for w in args.words if not w.startswith("demo.")],
+        "task_options": {"n_prompts": args.n_prompts, "k": args.k, "demo_overrides": demo_words},
         "variants": variants,
         "seeds": seeds,
     }
@@ -163,13 +172,15 @@ def run_one(out: Path, variant: str, seed: int, threads: int) -> dict:
     folder.mkdir(parents=True)
     started = time.perf_counter()
     overrides = [
+        "train.samples=0",  # the sweep's own evaluation stands for each run
         *record["overrides"],
         *VARIANTS[variant].overrides,
         f"train.seed={seed}",
         f"train.output_dir={folder / 'train'}",
     ]
     config = load_config(task.base_config(out / "shared"), overrides)
-    trained = mmdpo.train(config)
+    samples = task.train_samples(out / "shared")
+    trained = mmdpo.train(config, samples) if samples is not None else mmdpo.train(config)
     train_s = time.perf_counter() - started
     metrics = task.evaluate(out / "shared", trained, threads=threads)
     result = {
@@ -260,6 +271,14 @@ def collect(out: Path, variants: list[str], seeds: list[int]) -> dict[str, dict[
     return table
 
 
+def _finite(by_seed: dict[int, dict], key: str) -> dict[int, float]:
+    return {
+        seed: float(metrics[key])
+        for seed, metrics in by_seed.items()
+        if metrics.get(key) is not None and not math.isnan(float(metrics[key]))
+    }
+
+
 def summarize_sweep(
     results: dict[str, dict[int, dict]], metrics: list[Metric], before: dict[str, float] | None
 ) -> dict:
@@ -273,11 +292,13 @@ def summarize_sweep(
     for variant, by_seed in results.items():
         row: dict[str, Any] = {"label": VARIANTS[variant].label, "seeds": sorted(by_seed)}
         for metric in metrics:
-            values = {s: m[metric.key] for s, m in by_seed.items() if metric.key in m}
+            # An undefined metric on a run (NaN: e.g. F1 with no positive answer) is left out
+            # of that metric's seeds, which its n then shows.
+            values = _finite(by_seed, metric.key)
             if not values:
                 continue
             entry = {"summary": asdict(summarize(list(values.values())))}
-            base = {s: m[metric.key] for s, m in baseline.items() if metric.key in m}
+            base = _finite(baseline, metric.key)
             if variant != BASELINE and set(values) & set(base):
                 entry["vs_dpo"] = asdict(paired_difference(values, base))
             row[metric.key] = entry
@@ -307,7 +328,10 @@ def format_table(summary: dict, metrics: list[Metric]) -> str:
                 cells += ["", ""]
                 continue
             s = entry["summary"]
-            cells.append(f"{s['mean']:.3f} ± {s['std']:.3f} [{s['low']:.3f}, {s['high']:.3f}]")
+            cell = f"{s['mean']:.3f} ± {s['std']:.3f} [{s['low']:.3f}, {s['high']:.3f}]"
+            if s["n"] != len(row["seeds"]):
+                cell += f" (n={s['n']})"
+            cells.append(cell)
             d = entry.get("vs_dpo")
             if d is None:
                 cells.append("")
@@ -318,17 +342,39 @@ def format_table(summary: dict, metrics: list[Metric]) -> str:
     return "\n".join(lines)
 
 
+TABLE_NOTE = (
+    "mean ± std over seeds [95% CI of the mean, Student t]; Δ vs DPO: paired by seed, "
+    "[95% CI]; * = the interval excludes 0."
+)
+
+
 def write_tables(out: Path, task: AblationTask, record: dict) -> str:
     results = collect(out, record["variants"], record["seeds"])
     summary = summarize_sweep(results, task.metrics, task.before(out / "shared"))
     table = format_table(summary, task.metrics)
-    note = (
-        "mean ± std over seeds [95% CI of the mean, Student t]; Δ vs DPO: paired by seed, "
-        "[95% CI]; * = the interval excludes 0."
-    )
     (out / "ablation.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    (out / "ablation.md").write_text(f"{table}\n\n{note}\n", encoding="utf-8")
-    return f"{table}\n\n{note}"
+    (out / "ablation.md").write_text(f"{table}\n\n{TABLE_NOTE}\n", encoding="utf-8")
+    return f"{table}\n\n{TABLE_NOTE}"
+
+
+def report_table(table_markdown: str) -> dict[str, Any]:
+    """The markdown table as the report's extra table (title, columns, rows, note)."""
+    lines = [line for line in table_markdown.splitlines() if line.startswith("|")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return {"title": "Ablation", "columns": cells[0], "rows": cells[2:], "note": TABLE_NOTE}
+
+
+def write_sweep_report(out: Path) -> Path | None:
+    """``OUT/report.html``: every run's curves overlaid, and the ablation table."""
+    from mmdpo.report import write_report
+
+    if not (out / "runs").is_dir():
+        return None
+    table = (out / "ablation.md").read_text(encoding="utf-8").split("\n\n")[0]
+    return write_report(
+        [out / "runs"], out / "report.html", title=f"mmdpo ablate: {out.name}",
+        extra_tables=[report_table(table)],
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- the command
@@ -380,6 +426,12 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(write_tables(out, task, record))
     print(f"\ntable: {out / 'ablation.md'}; total {time.perf_counter() - started:.0f} s")
+    try:
+        print(f"report: {write_sweep_report(out)}")
+    except Exception as err:  # a finished sweep is never failed by its page
+        if os.environ.get("MMDPO_DEBUG"):
+            raise
+        print(f"report: not written ({type(err).__name__}: {err})", file=sys.stderr)
     if failures:
         print("failed runs (run the command again to retry them):", file=sys.stderr)
         for line in failures:

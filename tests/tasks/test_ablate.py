@@ -126,3 +126,29 @@ def test_every_variant_is_a_valid_config(sweep_config):
     for name, variant in VARIANTS.items():
         config = load_config(sweep_config, list(variant.overrides))
         assert config.loss.name in ("uni_dpo", "dpo", "simpo"), name
+
+
+def test_demo_sweep_shares_the_sft_model_and_pairs(tmp_path, capsys):
+    """Two variants x one seed on a tiny demo world: the SFT model is built once, the table has
+    the demo's metrics and the before row, and the sweep's report page is written."""
+    out = tmp_path / "demo-sweep"
+    tiny = [
+        "demo.sft_scenes=12", "demo.grounding_steps=2", "demo.sft_steps=4",
+        "demo.sft_batch_size=4", "demo.pair_scenes=6", "demo.pope_scenes=3",
+        "demo.chair_scenes=3", "demo.hidden_size=64",
+        "train.max_steps=2", "train.batch_size=2",
+    ]  # fmt: skip
+    argv = ["ablate", "--task", "demo", "--out", str(out), "--variants", "uni_dpo,simpo",
+            "--seeds", "1", "--jobs", "2", *tiny]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("shared: SFT model") == 1
+    table = (out / "ablation.md").read_text()
+    assert "POPE accuracy" in table and "| before training |" in table and "| SimPO | 1 |" in table
+    simpo = (out / "runs" / "simpo" / "seed-0" / "train" / "config.yaml").read_text()
+    assert "name: simpo" in simpo and "mode: none" in simpo
+    assert (out / "report.html").is_file()
+    assert (
+        "demo.sft_steps=4"
+        in json.loads((out / "sweep.json").read_text())["task_options"]["demo_overrides"]
+    )
