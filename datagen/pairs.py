@@ -4,7 +4,7 @@
     mmdpo pairs prompts.jsonl pairs.jsonl --model M --task text --scorer reward_model \
         --reward-model RM --k 8 --temperature 0.8
 
-Math (the paper's pipeline, data_adapters/math_pairs.py): each response is checked against
+Math (the paper's pipeline, datagen/math_pairs.py): each response is checked against
 the gold answer with math-verify; chosen = the best-scoring correct response scoring above
 ``--min-chosen-score``, rejected = a lower-scoring correct one, else an incorrect one. Scores
 are the rule score (10 correct, 0 not) unless ``--scorer`` names another (e.g. a reward model).
@@ -25,8 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmdpo.messages import has_text
-from tasks.scoring import (
+from datagen.scoring import (
     MathScorer,
     Response,
     add_scorer_options,
@@ -34,6 +33,7 @@ from tasks.scoring import (
     get_scorer,
     write_samples,
 )
+from mmdpo.messages import has_text
 
 TASK_NAMES = ("math", "text", "vision")
 PROMPT_KEYS = ("prompt", "problem", "question")
@@ -261,8 +261,8 @@ def math_pairs(
     source: str,
     timeout_s: float | None,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """The paper's math rule (data_adapters.math_pairs) over the sampled responses."""
-    from data_adapters.math_pairs import MathProblem, build_math_pairs
+    """The paper's math rule (datagen.math_pairs) over the sampled responses."""
+    from datagen.math_pairs import MathProblem, build_math_pairs
 
     golds = [MathScorer(gold_field).gold(_responses(item, [""])[0]) for item in items]
     problems = [

@@ -11,9 +11,7 @@ import torch
 from PIL import Image
 
 from data_adapters import load_samples
-from mmdpo.tiny import tiny_reward_model
-from mmdpo.types import PreferenceSample
-from tasks.scoring import (
+from datagen.scoring import (
     SCORERS,
     IFEvalScorer,
     MathScorer,
@@ -25,6 +23,8 @@ from tasks.scoring import (
     run_score,
     write_samples,
 )
+from mmdpo.tiny import tiny_reward_model
+from mmdpo.types import PreferenceSample
 
 ROWS = [
     {

@@ -9,7 +9,7 @@
 The input is read with any data adapter (``--format``, default ``trl``); the output is JSONL in
 the TRL layout the ``trl`` adapter reads back (docs/scoring.md). The input is never
 overwritten. The scorers rate one response at a time (:class:`Response`), so ``mmdpo pairs``
-(tasks/pairs.py) uses the same ones to rate freshly sampled responses.
+(datagen/pairs.py) uses the same ones to rate freshly sampled responses.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mmdpo.types import PreferenceSample
-from tasks.scorers import (  # noqa: F401 (re-exported for tasks.pairs and tests)
+from datagen.scorers import (  # noqa: F401 (re-exported for datagen.pairs and tests)
     DEFAULT_GOLD_FIELDS,
     SCORE_SCALE,
     ColumnScorer,
@@ -41,6 +40,7 @@ from tasks.scorers import (  # noqa: F401 (re-exported for tasks.pairs and tests
     lookup,
     prompt_text,
 )
+from mmdpo.types import PreferenceSample
 
 # ---------------------------------------------------------------------------- registry
 
