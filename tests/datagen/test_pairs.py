@@ -9,7 +9,8 @@ import pytest
 
 import mmdpo.inference
 from data_adapters import load_samples
-from datagen.pairs import add_pairs_arguments, best_vs_worst, read_prompts, run_pairs
+from datagen.pairs import add_pairs_arguments, best_vs_worst, run_pairs
+from datagen.prompts import read_prompts
 
 MATH_PROMPTS = [
     {"id": "p1", "problem": "What is 1 + 1?", "answer": "2"},

@@ -16,7 +16,8 @@ from PIL import Image
 
 import mmdpo.inference
 from datagen.math_pairs import MathProblem, build_math_pairs
-from datagen.pairs import add_pairs_arguments, best_vs_worst, read_prompts, run_pairs
+from datagen.pairs import add_pairs_arguments, best_vs_worst, run_pairs
+from datagen.prompts import read_prompts
 
 GOLD = r"\frac{1}{2}"
 RIGHT_A = r"Half of 1 is \boxed{\frac{1}{2}}."  # 33 characters

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from datagen.pairs import read_prompts
+from datagen.prompts import read_prompts
 from datagen.scorers import IFEvalScorer, MathScorer, Response
 from eval.ifeval.benchmark import IFEval
 from eval.ifeval.registry import CHECKERS
