@@ -46,7 +46,8 @@ def _reward_model(args: argparse.Namespace) -> RewardModelScorer:
     )
 
 
-def _timeout(args: argparse.Namespace) -> float | None:
+def verify_timeout(args: argparse.Namespace) -> float | None:
+    """``--verify-timeout`` for ``mmdpo.answers``: 0 or less is None (in-process, no limit)."""
     timeout = getattr(args, "verify_timeout", 5.0)
     return None if timeout is not None and timeout <= 0 else timeout
 
@@ -57,7 +58,7 @@ SCORERS: dict[str, ScorerSpec] = {
     ),
     "math": ScorerSpec(
         "math",
-        lambda args: MathScorer(getattr(args, "gold_field", None), _timeout(args)),
+        lambda args: MathScorer(getattr(args, "gold_field", None), verify_timeout(args)),
         True,
         "10 if the final answer equals the gold answer (math-verify), else 0",
     ),

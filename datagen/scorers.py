@@ -7,9 +7,7 @@ existing rating). Rule scores use the 0-10 scale of the paper's judge and PRM x 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,16 +159,11 @@ class MathScorer:
         )
 
     def score(self, responses: Sequence[Response]) -> list[float]:
-        from mmdpo.answers import grade_math_response
+        from datagen.math_pairs import grade_responses
 
         jobs = [(response.text, self.gold(response)) for response in responses]
-
-        def grade(job: tuple[str, str]) -> float:
-            correct, _ = grade_math_response(*job, timeout_s=self.timeout_s)
-            return SCORE_SCALE if correct else 0.0
-
-        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            return list(pool.map(grade, jobs))
+        grades = grade_responses(jobs, timeout_s=self.timeout_s)
+        return [SCORE_SCALE if correct else 0.0 for correct, _ in grades]
 
 
 class IFEvalScorer:

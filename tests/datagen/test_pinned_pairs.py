@@ -149,7 +149,12 @@ def test_math_builder_with_a_scorer_callable():
 
 
 def test_best_vs_worst_drops_nan_scores(tmp_path):
-    """q1: "b" is NaN; "c" 3.0 beats "a" 1.0. q2: one response left, no pair."""
+    """q1: "b" is NaN; "c" 3.0 beats "a" 1.0. q2: one response left, no pair.
+
+    ``num_unique_responses`` counts distinct non-empty responses, NaN-scored ones included (3
+    here), as the math builder always did; the old best-vs-worst builder counted only the
+    scored ones (2). The one output that changed when the two builders became one core.
+    """
     rows = [{"id": "q1", "prompt": "Hi", "topic": "x"}, {"id": "q2", "prompt": "Yo"}]
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
@@ -165,7 +170,7 @@ def test_best_vs_worst_drops_nan_scores(tmp_path):
     assert (sample.id, sample.chosen, sample.rejected) == ("q1", "c", "a")
     assert ordered(sample.meta) == ordered(
         {"topic": "x", "prompt_id": "q1", "index_chosen": 2, "index_rejected": 0,
-         "num_responses": 3, "num_unique_responses": 2}
+         "num_responses": 3, "num_unique_responses": 3}
     )  # fmt: skip
     assert (report.prompts, report.responses, report.pairs) == (2, 6, 1)
     assert (report.nan_score_dropped, report.too_few_distinct, report.all_tied) == (3, 1, 0)
