@@ -221,13 +221,13 @@ PLUGINS: dict[str, tuple[str, str, str, str]] = {
         "write a run's adapter, or a merged model, with a model card",
     ),
     "score": (
-        "tasks.scoring",
+        "datagen.scoring",
         "add_score_arguments",
         "run_score",
         "attach score_chosen/score_rejected to preference pairs",
     ),
     "pairs": (
-        "tasks.pairs",
+        "datagen.pairs",
         "add_pairs_arguments",
         "run_pairs",
         "sample K responses per prompt, score them, build pairs",

@@ -10,7 +10,9 @@ The narrow interface that evals, pair building and presets use, after lm-evaluat
 - :meth:`InferenceModel.loglikelihood`: the summed response log-probs of preference pairs,
   with the adapter on (the policy) or off (the reference);
 - :meth:`InferenceModel.reward_margins`: DPO's implicit reward margin of each pair,
-  ``β[(ℓw − ℓw⁰) − (ℓl − ℓl⁰)]``, with the run's β and mean or summed log-probs.
+  ``β[(ℓw − ℓw⁰) − (ℓl − ℓl⁰)]``, with the run's β and mean or summed log-probs;
+- :func:`load_reward_model`, :func:`reward_scores`: a sequence-classification reward model
+  and its score of each conversation (the ``reward_model`` scorer of ``datagen``).
 
 Three functions stand between this interface and its implementations, one each:
 :func:`generate_texts` (how text is generated), :func:`read_run` (which checkpoint, which
@@ -397,3 +399,83 @@ class InferenceModel:
             "seconds": round(seconds, 3),
             "samples_per_s": round(len(samples) / seconds, 4) if seconds else float("nan"),
         }
+
+
+# ---------------------------------------------------------------------------- reward models
+
+
+def load_reward_model(
+    name_or_path: str | Path, *, dtype: str | None = None, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """A sequence-classification reward model (safetensors only) and its tokenizer, on CUDA
+    when there is one; ``dtype`` defaults to bfloat16 on CUDA, float32 on CPU."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from mmdpo.models.loading import require_safetensors
+    from mmdpo.models.quantization import resolve_dtype
+
+    name_or_path = str(name_or_path)
+    require_safetensors(name_or_path)
+    cuda = torch.cuda.is_available()
+    torch_dtype = resolve_dtype(dtype or ("bfloat16" if cuda else "float32"))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        name_or_path,
+        dtype=torch_dtype,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return (model.to("cuda") if cuda else model), tokenizer
+
+
+def reward_scores(
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[list[Message]],
+    *,
+    batch_size: int = 8,
+    max_length: int = 2048,
+    progress: bool = True,
+) -> list[float]:
+    """A reward model's single logit for each conversation (text messages ending with the
+    assistant's response).
+
+    Rendered with the tokenizer's chat template (the engine's plain ``User: ... Assistant:``
+    fallback when it has none), longest first, right-padded in batches (so the positions
+    match an unpadded forward; the model reads its score at the last token before the
+    padding, so ``model.config.pad_token_id`` must be set) and truncated from the left to
+    ``max_length`` tokens, so that the response's end is kept.
+    """
+    from tqdm.auto import tqdm
+
+    from mmdpo.data.transform import FALLBACK_CHAT_TEMPLATE
+
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    template = {} if has_template else {"chat_template": FALLBACK_CHAT_TEMPLATE}
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, **template) for c in conversations]
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # less padding
+    scores = [float("nan")] * len(texts)
+    device = next(model.parameters()).device
+    sides = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
+    bar = tqdm(total=len(texts), desc="reward model", unit="response", disable=not progress)
+    try:
+        for first in range(0, len(order), batch_size):
+            batch = order[first : first + batch_size]
+            inputs = tokenizer(
+                [texts[i] for i in batch],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                add_special_tokens=not has_template,  # a template writes its own BOS
+                return_tensors="pt",
+            ).to(device)
+            with torch.inference_mode():
+                logits = model(**inputs).logits[:, 0].float().tolist()
+            for index, value in zip(batch, logits, strict=True):
+                scores[index] = value
+            bar.update(len(batch))
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = sides
+        bar.close()
+    return scores

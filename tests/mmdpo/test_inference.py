@@ -164,3 +164,29 @@ def test_loglikelihood_and_margins_without_an_adapter(tiny_llama):
         loaded.reward_margins(samples)
     with pytest.raises(InferenceError, match="adapter on and off"):
         loaded.loglikelihood(samples, reference=True)
+
+
+def test_reward_scores_without_a_chat_template_use_the_plain_fallback(tokenizer):
+    """A tokenizer without a chat template: each conversation is rendered as "User: ...\\n\\n
+    Assistant: ...\\n\\n" with the special tokens the tokenizer adds itself, and its score is
+    the model's single logit on exactly those ids, batched (with padding) or not; the
+    tokenizer's padding and truncation sides are put back."""
+    from mmdpo.inference import reward_scores
+    from mmdpo.tiny import tiny_reward_model
+
+    model = tiny_reward_model(tokenizer, seed=5).eval()
+    tokenizer.chat_template = None
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    conversations = [
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": text}]
+        for text in ("one", "two three four five", "x")
+    ]
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "right"
+    batched = reward_scores(model, tokenizer, conversations, batch_size=3, progress=False)
+    assert (tokenizer.padding_side, tokenizer.truncation_side) == ("left", "right")  # restored
+    for conversation, score in zip(conversations, batched, strict=True):
+        text = f"User: Hi\n\nAssistant: {conversation[1]['content']}\n\n"
+        ids = tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            assert score == pytest.approx(model(**ids).logits[0, 0].item(), abs=1e-5)

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
+from datagen.prompts import read_prompts
+from datagen.scorers import IFEvalScorer, MathScorer, Response
 from eval.ifeval.benchmark import IFEval
 from eval.ifeval.registry import CHECKERS
-from tasks.pairs import read_prompts
-from tasks.scorers import IFEvalScorer, MathScorer, Response
 from tasks.smol_data import INSTRUCTIONS, instruction_prompts, split_of, word_problems
 from tasks.smol_preset import SmolArithmetic
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from data_adapters.math_pairs import MathProblem, build_math_pairs
+from datagen.math_pairs import MathProblem, build_math_pairs
 
 GOLD = r"\frac{1}{2}"
 RIGHT_A = r"Half of 1 is \boxed{\frac{1}{2}}."

@@ -4,7 +4,7 @@
     mmdpo pairs prompts.jsonl pairs.jsonl --model M --task text --scorer reward_model \
         --reward-model RM --k 8 --temperature 0.8
 
-Math (the paper's pipeline, data_adapters/math_pairs.py): each response is checked against
+Math (the paper's pipeline, datagen/math_pairs.py): each response is checked against
 the gold answer with math-verify; chosen = the best-scoring correct response scoring above
 ``--min-chosen-score``, rejected = a lower-scoring correct one, else an incorrect one. Scores
 are the rule score (10 correct, 0 not) unless ``--scorer`` names another (e.g. a reward model).
@@ -19,97 +19,18 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
-from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmdpo.messages import has_text
-from tasks.scoring import (
-    MathScorer,
-    Response,
-    add_scorer_options,
-    check_output,
-    get_scorer,
-    write_samples,
-)
+from datagen.math_pairs import MathProblem, build_math_pairs, grade_responses
+from datagen.output import check_output, write_samples
+from datagen.pairing import BestVsWorst, Candidate, PairReport, ResponseGroup, build_pairs
+from datagen.prompts import PromptItem, read_prompts
+from datagen.registry import add_scorer_options, get_scorer, verify_timeout
+from datagen.scorers import MathScorer, Response
+from mmdpo.types import PreferenceSample
 
 TASK_NAMES = ("math", "text", "vision")
-PROMPT_KEYS = ("prompt", "problem", "question")
-ID_KEYS = ("id", "prompt_id", "idx")
-IMAGE_KEYS = ("images", "image")
-
-
-@dataclass
-class PromptItem:
-    """One prompt to sample from.
-
-    Attributes:
-        id: the row's id (``id``, ``prompt_id`` or ``idx``), else ``STEM:LINE``.
-        prompt: chat messages (a string prompt is one user turn).
-        images: absolute image paths (relative ones resolved against the prompts file).
-        fields: the row's columns (gold answer, instructions, known objects, ...).
-        where: ``FILE:LINE`` for messages.
-    """
-
-    id: str
-    prompt: list[dict[str, Any]]
-    images: list[Any]
-    fields: dict[str, Any]
-    where: str
-
-    def extras(self) -> dict[str, Any]:
-        """The row's columns other than the id, the prompt and the images (kept in meta)."""
-        used = (*PROMPT_KEYS, *ID_KEYS, *IMAGE_KEYS)
-        return {key: value for key, value in self.fields.items() if key not in used}
-
-
-def read_prompts(path: str | Path) -> list[PromptItem]:
-    """Prompt rows from a JSON/JSONL/Parquet file: an id, ``prompt`` (string or messages),
-    ``problem`` or ``question``, optional ``images``, and any columns the scorers read.
-
-    Raises:
-        ValueError: a bad row, as ``FILE:LINE: FIELD: what is wrong``.
-    """
-    from data_adapters.fields import FieldError, attach_images, first_present, to_messages
-    from data_adapters.images import ImageRefError, resolve_image
-    from data_adapters.loaders import RowError, describe_source, read_rows
-
-    info = describe_source(path)
-    items, seen = [], Counter()
-    for line, row in read_rows(path):
-        where = f"{info.label}:{line}"
-        if isinstance(row, RowError):
-            raise ValueError(f"{where}: {row.field}: {row.message}")
-        try:
-            key = first_present(row, *PROMPT_KEYS)
-            if key is None:
-                raise FieldError("prompt", f"missing field (one of {', '.join(PROMPT_KEYS)})")
-            messages = to_messages(row[key], key)
-            image_key = first_present(row, *IMAGE_KEYS)
-            images = []
-            if image_key:
-                values = row[image_key] if isinstance(row[image_key], list) else [row[image_key]]
-                for index, value in enumerate(values):
-                    try:
-                        images.append(resolve_image(value, info.base_dir))
-                    except ImageRefError as error:
-                        raise FieldError(f"{image_key}[{index}]", str(error)) from None
-                messages = attach_images(messages, len(images), key)
-        except FieldError as error:
-            raise ValueError(f"{where}: {error.field}: {error.message}") from None
-        if not any(has_text(message["content"]) for message in messages):
-            raise ValueError(f"{where}: {key}: empty prompt")
-        id_key = first_present(row, *ID_KEYS)
-        sample_id = str(row[id_key]) if id_key else f"{info.stem}:{line}"
-        seen[sample_id] += 1
-        if seen[sample_id] > 1:
-            sample_id = f"{sample_id}#{seen[sample_id]}"
-        items.append(PromptItem(sample_id, messages, images, dict(row), where))
-    if not items:
-        raise ValueError(f"{info.label}: no prompts")
-    return items
 
 
 def sample_responses(
@@ -146,31 +67,6 @@ def sample_responses(
 # ---------------------------------------------------------------------------- pairing
 
 
-@dataclass
-class BestWorstReport:
-    """What happened to the prompts; every prompt without a pair is counted in one reason."""
-
-    prompts: int = 0
-    responses: int = 0
-    pairs: int = 0
-    duplicates_dropped: int = 0
-    empty_dropped: int = 0
-    nan_score_dropped: int = 0
-    too_few_distinct: int = 0  # fewer than two distinct non-empty responses
-    all_tied: int = 0  # the best and the worst response score the same
-
-    @property
-    def no_pair(self) -> int:
-        return self.prompts - self.pairs
-
-
-@dataclass
-class _Rated:
-    index: int
-    text: str
-    score: float = field(default=math.nan)
-
-
 def best_vs_worst(
     items: list[PromptItem],
     responses: list[list[str]],
@@ -178,62 +74,28 @@ def best_vs_worst(
     *,
     modality: str,
     source: str,
-) -> tuple[list[Any], BestWorstReport]:
+) -> tuple[list[PreferenceSample], PairReport]:
     """One pair per prompt: its best response (highest score, earliest on ties) against its
     worst (lowest score, earliest on ties), after dropping empty and repeated responses
     (whitespace-normalised, first copy kept) and NaN scores; no pair when they tie."""
-    from mmdpo.types import PreferenceSample
-
-    report = BestWorstReport(prompts=len(items))
-    samples = []
-    for item, texts, values in zip(items, responses, scores, strict=True):
-        report.responses += len(texts)
-        seen: set[str] = set()
-        rated = []
-        for index, (text, value) in enumerate(zip(texts, values, strict=True)):
-            key = " ".join(text.split())
-            if not key:
-                report.empty_dropped += 1
-            elif key in seen:
-                report.duplicates_dropped += 1
-            elif math.isnan(value):
-                seen.add(key)
-                report.nan_score_dropped += 1
-            else:
-                seen.add(key)
-                rated.append(_Rated(index, text, float(value)))
-        if len(rated) < 2:
-            report.too_few_distinct += 1
-            continue
-        chosen = min(rated, key=lambda r: (-r.score, r.index))
-        rejected = min(rated, key=lambda r: (r.score, r.index))
-        if not chosen.score > rejected.score:
-            report.all_tied += 1
-            continue
-        report.pairs += 1
-        meta = {
-            **item.extras(),
-            "prompt_id": item.id,
-            "index_chosen": chosen.index,
-            "index_rejected": rejected.index,
-            "num_responses": len(texts),
-            "num_unique_responses": len(rated),
-        }
-        samples.append(
-            PreferenceSample(
-                id=item.id,
-                prompt=item.prompt,
-                chosen=chosen.text,
-                rejected=rejected.text,
-                images=list(item.images),
-                score_chosen=chosen.score,
-                score_rejected=rejected.score,
-                modality=modality if item.images or modality != "vision" else "text",
-                source=source,
-                meta=meta,
-            )
+    groups = [
+        ResponseGroup(
+            id=item.id,
+            prompt=item.prompt,
+            responses=texts,
+            modality=modality if item.images or modality != "vision" else "text",
+            images=list(item.images),
+            meta={**item.extras(), "prompt_id": item.id},
         )
-    return samples, report
+        for item, texts in zip(items, responses, strict=True)
+    ]
+
+    def rate(_: Any, candidates: list[list[Candidate]]) -> None:
+        for values, distinct in zip(scores, candidates, strict=True):
+            for candidate in distinct:
+                candidate.score = float(values[candidate.index])
+
+    return build_pairs(groups, rate, BestVsWorst(), source=source)
 
 
 def _responses(item: PromptItem, texts: list[str]) -> list[Response]:
@@ -251,20 +113,30 @@ def score_all(
     return [[next(values) for _ in texts] for texts in responses]
 
 
+def gold_answers(items: list[PromptItem], gold_field: str | None) -> list[str]:
+    """Each prompt's gold answer (``--gold-field``, else answer, gold or gt); a missing one
+    raises ``FILE:LINE: ...: missing field``."""
+    return [MathScorer(gold_field).gold(_responses(item, [""])[0]) for item in items]
+
+
 def math_pairs(
     items: list[PromptItem],
+    golds: list[str],
     responses: list[list[str]],
     scores: list[list[float]] | None,
     *,
-    gold_field: str | None,
     min_chosen_score: float,
     source: str,
     timeout_s: float | None,
-) -> tuple[list[Any], dict[str, Any]]:
-    """The paper's math rule (data_adapters.math_pairs) over the sampled responses."""
-    from data_adapters.math_pairs import MathProblem, build_math_pairs
+) -> tuple[list[PreferenceSample], dict[str, Any]]:
+    """The paper's math rule (datagen.math_pairs) over the sampled responses, and the counts.
 
-    golds = [MathScorer(gold_field).gold(_responses(item, [""])[0]) for item in items]
+    Every response is graded once, copies included (``correct_responses`` counts them all);
+    the builder reuses those grades.
+    """
+    jobs = [(text, gold) for gold, texts in zip(golds, responses, strict=True) for text in texts]
+    graded = iter(grade_responses(jobs, timeout_s=timeout_s))
+    grades = [[next(graded) for _ in texts] for texts in responses]
     problems = [
         MathProblem(
             id=item.id,
@@ -276,13 +148,11 @@ def math_pairs(
         )
         for index, (item, gold, texts) in enumerate(zip(items, golds, responses, strict=True))
     ]
-    correct = score_all(MathScorer(gold_field, timeout_s), items, responses)
     result = build_math_pairs(
-        problems, min_chosen_score=min_chosen_score, source=source, timeout_s=timeout_s
+        problems, min_chosen_score=min_chosen_score, source=source, grades=grades
     )
-    counts = asdict(result.report)
-    counts = {"prompts": counts.pop("problems"), **counts, "no_pair": result.report.no_pair}
-    counts["correct_responses"] = sum(value > 0 for values in correct for value in values)
+    counts = result.report.counts()
+    counts["correct_responses"] = sum(correct for row in grades for correct, _ in row)
     return result.samples, counts
 
 
@@ -353,14 +223,8 @@ def run_pairs(args: argparse.Namespace) -> int:
     for path in outputs:
         check_output(path, [args.prompts], overwrite=args.overwrite)
     items = read_prompts(args.prompts)
-    timeout = (
-        None
-        if args.verify_timeout is not None and args.verify_timeout <= 0
-        else args.verify_timeout
-    )
-    if args.task == "math":  # every gold answer before any model is loaded
-        for item in items:
-            MathScorer(args.gold_field).gold(_responses(item, [""])[0])
+    # every gold answer before any model is loaded
+    golds = gold_answers(items, args.gold_field) if args.task == "math" else None
 
     loaded = InferenceModel.load(args.model, args.adapter, dtype=args.dtype)
     responses, stats = sample_responses(
@@ -382,21 +246,21 @@ def run_pairs(args: argparse.Namespace) -> int:
         spec = None  # the builder's own rule score: 10 correct, 0 not
     scorer = spec.build(args) if spec is not None else None
     scores = score_all(scorer, items, responses) if scorer is not None else None
-    if args.task == "math":
+    if golds is not None:
         samples, counts = math_pairs(
             items,
+            golds,
             responses,
             scores,
-            gold_field=args.gold_field,
             min_chosen_score=args.min_chosen_score,
             source=args.source,
-            timeout_s=timeout,
+            timeout_s=verify_timeout(args),
         )
     else:
-        samples, best_worst = best_vs_worst(
+        samples, report = best_vs_worst(
             items, responses, scores, modality=args.task, source=args.source
         )
-        counts = {**asdict(best_worst), "no_pair": best_worst.no_pair}
+        counts = report.counts()
     write_samples(samples, args.out, inputs=[args.prompts], overwrite=args.overwrite)
     if args.save_responses:
         _write_responses(Path(outputs[2]), items, responses, scores)

@@ -9,7 +9,8 @@ import pytest
 
 import mmdpo.inference
 from data_adapters import load_samples
-from tasks.pairs import add_pairs_arguments, best_vs_worst, read_prompts, run_pairs
+from datagen.pairs import add_pairs_arguments, best_vs_worst, run_pairs
+from datagen.prompts import read_prompts
 
 MATH_PROMPTS = [
     {"id": "p1", "problem": "What is 1 + 1?", "answer": "2"},
@@ -172,3 +173,23 @@ def test_user_mistakes(tmp_path, tiny_llama_dir):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "y", "text": "no prompt"}])
     with pytest.raises(ValueError, match=r"bad.jsonl:1: prompt: missing field"):
         read_prompts(bad)
+
+
+def test_math_grades_every_response_once(tmp_path, tiny_llama_dir, fixed_generation, monkeypatch):
+    """8 responses (two prompts x K = 4): math-verify runs 8 times, copies and blanks included
+    (they count in correct_responses); the pair builder reuses those grades."""
+    import datagen.math_pairs
+
+    checked = []
+    grade = datagen.math_pairs.grade_math_response
+
+    def counting(response, gold, **kwargs):
+        checked.append(response)
+        return grade(response, gold, **kwargs)
+
+    monkeypatch.setattr(datagen.math_pairs, "grade_math_response", counting)
+    prompts = write_jsonl(tmp_path / "problems.jsonl", MATH_PROMPTS)
+    out = tmp_path / "pairs.jsonl"
+    args = pairs_args(str(prompts), str(out), "--model", str(tiny_llama_dir), "--k", "4")
+    assert run_pairs(args) == 0
+    assert sorted(checked) == sorted(FIXED["What is 1 + 1?"] + FIXED["What is 2 + 3?"])

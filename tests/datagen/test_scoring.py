@@ -11,20 +11,12 @@ import torch
 from PIL import Image
 
 from data_adapters import load_samples
+from datagen.output import write_samples
+from datagen.registry import SCORERS, get_scorer
+from datagen.scorers import IFEvalScorer, MathScorer, ObjectsScorer, Response, RewardModelScorer
+from datagen.scoring import add_score_arguments, run_score
 from mmdpo.tiny import tiny_reward_model
 from mmdpo.types import PreferenceSample
-from tasks.scoring import (
-    SCORERS,
-    IFEvalScorer,
-    MathScorer,
-    ObjectsScorer,
-    Response,
-    RewardModelScorer,
-    add_score_arguments,
-    get_scorer,
-    run_score,
-    write_samples,
-)
 
 ROWS = [
     {

@@ -7,10 +7,7 @@ existing rating). Rule scores use the 0-10 scale of the paper's judge and PRM x 
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +62,12 @@ def prompt_text(prompt: list[Message]) -> str:
 class RewardModelScorer:
     """A sequence-classification reward model: the single logit of prompt + response.
 
-    The conversation is rendered with the model's chat template (the engine's plain
-    ``User: ... Assistant:`` fallback when it has none), right-padded in batches (so the
-    positions match an unpadded forward) and truncated from the left to ``max_length`` tokens
-    (the model reads its score at the last token, so the response's end is kept). Images in
-    the prompt are not seen: a text reward model gets the text parts only.
+    The model runs through ``mmdpo.inference.reward_scores``: the conversation rendered with
+    the model's chat template (the engine's plain ``User: ... Assistant:`` fallback when it
+    has none), right-padded in batches (so the positions match an unpadded forward) and
+    truncated from the left to ``max_length`` tokens (the model reads its score at the last
+    token, so the response's end is kept). Images in the prompt are not seen: a text reward
+    model gets the text parts only.
     """
 
     def __init__(
@@ -107,73 +105,34 @@ class RewardModelScorer:
         trust_remote_code: bool = False,
         **kwargs: Any,
     ) -> RewardModelScorer:
-        """Load an ``AutoModelForSequenceClassification`` (safetensors only) and its tokenizer."""
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        """Load the model and its tokenizer (``mmdpo.inference.load_reward_model``)."""
+        from mmdpo.inference import load_reward_model
 
-        from mmdpo.models.loading import require_safetensors
-        from mmdpo.models.quantization import resolve_dtype
-
-        require_safetensors(name_or_path)
-        cuda = torch.cuda.is_available()
-        torch_dtype = resolve_dtype(dtype or ("bfloat16" if cuda else "float32"))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path,
-            dtype=torch_dtype,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
+        model, tokenizer = load_reward_model(
+            name_or_path, dtype=dtype, trust_remote_code=trust_remote_code
         )
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        return cls(model.to("cuda") if cuda else model, tokenizer, **kwargs)
+        return cls(model, tokenizer, **kwargs)
 
-    def render(self, response: Response) -> str:
-        from mmdpo.data.transform import FALLBACK_CHAT_TEMPLATE
-
+    @staticmethod
+    def conversation(response: Response) -> list[Message]:
+        """The prompt's text parts, then the response as the assistant's turn."""
         messages = [
             {"role": message["role"], "content": content_text(message["content"])}
             for message in response.prompt
         ]
-        messages.append({"role": "assistant", "content": response.text})
-        kwargs: dict[str, Any] = {"tokenize": False}
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            kwargs["chat_template"] = FALLBACK_CHAT_TEMPLATE
-        return self.tokenizer.apply_chat_template(messages, **kwargs)
+        return [*messages, {"role": "assistant", "content": response.text}]
 
     def score(self, responses: Sequence[Response]) -> list[float]:
-        import torch
-        from tqdm.auto import tqdm
+        from mmdpo.inference import reward_scores
 
-        texts = [self.render(response) for response in responses]
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # less padding
-        scores = [math.nan] * len(texts)
-        device = next(self.model.parameters()).device
-        has_template = getattr(self.tokenizer, "chat_template", None) is not None
-        tokenizer = self.tokenizer
-        sides = tokenizer.padding_side, tokenizer.truncation_side
-        tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
-        bar = tqdm(
-            total=len(texts), desc="reward model", unit="response", disable=not self.progress
+        return reward_scores(
+            self.model,
+            self.tokenizer,
+            [self.conversation(response) for response in responses],
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            progress=self.progress,
         )
-        try:
-            for first in range(0, len(order), self.batch_size):
-                batch = order[first : first + self.batch_size]
-                inputs = tokenizer(
-                    [texts[i] for i in batch],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    add_special_tokens=not has_template,  # a template writes its own BOS
-                    return_tensors="pt",
-                ).to(device)
-                with torch.inference_mode():
-                    logits = self.model(**inputs).logits[:, 0].float().tolist()
-                for index, value in zip(batch, logits, strict=True):
-                    scores[index] = value
-                bar.update(len(batch))
-        finally:
-            tokenizer.padding_side, tokenizer.truncation_side = sides
-            bar.close()
-        return scores
 
 
 class MathScorer:
@@ -200,16 +159,11 @@ class MathScorer:
         )
 
     def score(self, responses: Sequence[Response]) -> list[float]:
-        from mmdpo.answers import grade_math_response
+        from datagen.math_pairs import grade_responses
 
         jobs = [(response.text, self.gold(response)) for response in responses]
-
-        def grade(job: tuple[str, str]) -> float:
-            correct, _ = grade_math_response(*job, timeout_s=self.timeout_s)
-            return SCORE_SCALE if correct else 0.0
-
-        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            return list(pool.map(grade, jobs))
+        grades = grade_responses(jobs, timeout_s=self.timeout_s)
+        return [SCORE_SCALE if correct else 0.0 for correct, _ in grades]
 
 
 class IFEvalScorer:
