@@ -59,7 +59,9 @@ class _ChunkedTargetLogps(torch.autograd.Function):
                 torch.ones_like(chunk_grad[:, :1]),
             )
             chunk_grad.mul_(grad_out[start : start + chunk_size, None])
-            grad.index_copy_(0, index, chunk_grad.to(grad.dtype))
+            # add, not copy: a row may be named twice (a shared prompt's last position
+            # predicts the first token of both responses)
+            grad.index_add_(0, index, chunk_grad.to(grad.dtype))
         return grad, None, None, None
 
 
