@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from mmdpo.forward import QWEN_VL_FAMILIES, PairLogps, encode_images, model_family, unwrap
+from mmdpo.layout_attention import LAYOUT_ATTENTION, flex_block_mask, plan_mask, text_config
 from mmdpo.layouts import PairLayout, attention_mask_4d, build_layout
 from mmdpo.logprobs import DEFAULT_CHUNK_SIZE, _ChunkedTargetLogps
 from mmdpo.types import PreferenceBatch
@@ -97,13 +98,23 @@ def layout_position_ids(model: Any, batch: PreferenceBatch, layout: PairLayout) 
 
 
 def layout_attention_mask(model: Any, layout: PairLayout) -> torch.Tensor:
-    """Boolean 4D mask for SDPA (and flex/others that take one); additive float for eager."""
-    inner = unwrap(model)
-    implementation = getattr(inner.config, "_attn_implementation", None)
-    text_config = getattr(inner.config, "text_config", None)
-    implementation = getattr(text_config, "_attn_implementation", None) or implementation
+    """The mask for the language model's attention implementation.
+
+    ``mmdpo_layout``: the layout itself (block-wise SDPA, no (L, L) mask); ``flex_attention``:
+    a block-sparse ``BlockMask``; ``eager``: an additive float mask; anything else (SDPA): a
+    boolean 4D mask.
+    """
+    config = text_config(unwrap(model))
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        if "sliding_attention" in (getattr(config, "layer_types", None) or []):
+            raise ValueError("layouts do not support sliding-window attention layers")
+    implementation = config._attn_implementation
+    if implementation == LAYOUT_ATTENTION:
+        return plan_mask(layout)
+    if implementation == "flex_attention":
+        return flex_block_mask(layout)
     if implementation == "eager":
-        return attention_mask_4d(layout, inner.get_input_embeddings().weight.dtype)
+        return attention_mask_4d(layout, unwrap(model).get_input_embeddings().weight.dtype)
     return attention_mask_4d(layout)
 
 

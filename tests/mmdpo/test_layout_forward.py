@@ -8,11 +8,12 @@ show that it does.
 import pytest
 import torch
 
+from mmdpo import layout_attention, layouts
 from mmdpo import layout_forward as layout_forward_module
-from mmdpo import layouts
 from mmdpo.data.collate import PreferenceCollator
 from mmdpo.data.transform import PairTransform, TransformSettings
 from mmdpo.forward import concatenated_forward
+from mmdpo.layout_attention import LAYOUT_ATTENTION, text_config, use_layout_attention
 from mmdpo.layout_forward import layout_forward
 from mmdpo.layouts import REJECTED, build_layout
 from mmdpo.models.loading import load_policy
@@ -22,7 +23,9 @@ from mmdpo.tiny import VLM_FAMILIES, random_image
 from mmdpo.types import PreferenceSample
 
 FAMILIES = ("llama", "qwen2", *VLM_FAMILIES)
-LAYOUTS = ("shared_prompt", "packed", "packed_one_row")
+# "packed" with its default row size is covered by test_rejected_images_pair_runs_as_two_rows
+# and tests/mmdpo/test_layouts.py; packing every pair in one row is the harder case.
+LAYOUTS = ("shared_prompt", "packed_one_row")
 
 
 def samples(vision: bool) -> list[PreferenceSample]:
@@ -64,6 +67,17 @@ def setup(request, sharp_model_dir):
     pairs = [transform(s) for s in samples(vision)]
     batch = PreferenceCollator(processing_pad_id(processing))(pairs)
     return family, policy, batch
+
+
+@pytest.fixture(params=["sdpa", LAYOUT_ATTENTION])
+def attention(request, setup):
+    """The family's policy under SDPA with a boolean 4D mask, or under ``mmdpo_layout``."""
+    config = text_config(setup[1].get_base_model())
+    before = config._attn_implementation
+    if request.param == LAYOUT_ATTENTION:
+        assert use_layout_attention(setup[1].get_base_model()) == "sdpa"
+    yield request.param
+    config._attn_implementation_internal = before
 
 
 def processing_pad_id(processing):
@@ -119,7 +133,7 @@ def layout_for(batch, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_policy_logps_and_lora_gradients_equal_two_rows(setup, layout):
+def test_policy_logps_and_lora_gradients_equal_two_rows(setup, attention, layout):
     family, policy, batch = setup
     built = layout_for(batch, layout)
     assert built.shared.all()
@@ -137,7 +151,7 @@ def test_policy_logps_and_lora_gradients_equal_two_rows(setup, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_reference_and_precompute_passes_equal_two_rows(setup, layout):
+def test_reference_and_precompute_passes_equal_two_rows(setup, attention, layout):
     _, policy, batch = setup
     built = layout_for(batch, layout)
     with adapter_disabled(policy):
@@ -246,11 +260,53 @@ def test_a_rejected_token_seeing_the_chosen_one_is_caught(sharp_model_dir, famil
     assert (wrong.rejected_sum - expected.rejected_sum).abs().max() > 1e-2
 
 
-def _eval_setup(sharp_model_dir, family):
-    model, processing, _ = load_policy(sharp_model_dir(family), quantization="none")
+def _eval_setup(sharp_model_dir, family, **load):
+    model, processing, _ = load_policy(sharp_model_dir(family), quantization="none", **load)
     vision = family in VLM_FAMILIES
     transform = PairTransform(processing, TransformSettings(4096), is_vlm=vision)
     batch = PreferenceCollator(processing_pad_id(processing))(
         [transform(s) for s in samples(vision)]
     )
     return family, model.eval(), batch
+
+
+def test_a_rejected_token_seeing_one_more_key_in_block_attention_is_caught(
+    sharp_model_dir, monkeypatch
+):
+    """The block-wise path: a rejected query that also sees the next rejected key."""
+    _, policy, batch = _eval_setup(sharp_model_dir, "llama")
+    use_layout_attention(policy)
+    original = layout_attention._attend
+
+    def one_ahead(query, key, value, *, dropout, scaling, mask=None):
+        if mask is not None:
+            mask = mask | torch.ones_like(mask).tril(diagonal=mask.shape[1] - mask.shape[0] + 1)
+        return original(query, key, value, dropout=dropout, scaling=scaling, mask=mask)
+
+    with torch.no_grad():
+        expected = concatenated_forward(policy, batch)
+        assert_same_logps(layout_forward(policy, batch, "packed"), expected)
+        monkeypatch.setattr(layout_attention, "_attend", one_ahead)
+        wrong = layout_forward(policy, batch, "packed")
+    assert (wrong.rejected_sum - expected.rejected_sum).abs().max() > 1e-2
+
+
+@pytest.mark.slow  # transformers compiles the two-row path's flex mask (~15 s here)
+@pytest.mark.parametrize("family", ["llama", "llava", "idefics3"])
+# Qwen2-VL and Qwen2.5-VL refuse flex attention in transformers 5.24
+def test_flex_attention_block_mask_equals_two_rows(sharp_model_dir, family, monkeypatch):
+    """The ``BlockMask`` path, on flex attention's eager (unfused) CPU implementation: torch
+    2.14 has no flex backward on CPU, and inductor's CPU flex template fails to compile on
+    one of these shapes; on GPU transformers runs the compiled kernel with the same mask."""
+    from torch.nn.attention.flex_attention import flex_attention
+    from transformers.integrations import flex_attention as transformers_flex
+
+    def eager(query, key, value, training=False, **kwargs):
+        return flex_attention(query, key, value, **kwargs)
+
+    monkeypatch.setattr(transformers_flex, "compile_friendly_flex_attention", eager)
+    _, model, batch = _eval_setup(sharp_model_dir, family, attn_implementation="flex_attention")
+    with torch.no_grad():
+        expected = concatenated_forward(model, batch)
+        assert_same_logps(layout_forward(model, batch, "packed"), expected)
+        assert_same_logps(layout_forward(model, batch, "shared_prompt"), expected)
