@@ -310,3 +310,40 @@ def test_flex_attention_block_mask_equals_two_rows(sharp_model_dir, family, monk
         expected = concatenated_forward(model, batch)
         assert_same_logps(layout_forward(model, batch, "packed"), expected)
         assert_same_logps(layout_forward(model, batch, "shared_prompt"), expected)
+
+
+@pytest.mark.parametrize(
+    ("family", "quantization"),
+    [
+        ("llama", "4bit"),
+        ("qwen2_vl", "none"),
+        pytest.param("idefics3", "none", marks=pytest.mark.slow),
+    ],
+)
+def test_gradient_checkpointing_and_4bit_keep_the_gradients(sharp_model_dir, family, quantization):
+    """Checkpointed layers rerun in the backward with the layout (it is their mask input);
+    a 4-bit policy takes the same path."""
+    model, processing, _ = load_policy(
+        sharp_model_dir(family), quantization=quantization, dtype="float32"
+    )
+    policy = apply_lora(model, r=4, alpha=8, dropout=0.0, gradient_checkpointing=True)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in sorted(policy.named_parameters()):
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    vision = family in VLM_FAMILIES
+    transform = PairTransform(processing, TransformSettings(4096), is_vlm=vision)
+    batch = PreferenceCollator(processing_pad_id(processing))(
+        [transform(s) for s in samples(vision)]
+    )
+    assert policy.get_base_model().is_gradient_checkpointing
+    expected, expected_grads = policy_pass(policy, batch, concatenated_forward)
+    for attention in ("sdpa", LAYOUT_ATTENTION):
+        if attention == LAYOUT_ATTENTION:
+            use_layout_attention(policy.get_base_model())
+        actual, grads = policy_pass(policy, batch, lambda m, b: layout_forward(m, b, "packed"))
+        assert_same_logps(actual, expected)
+        assert grads.keys() == expected_grads.keys()
+        for name, grad in grads.items():
+            assert_close_per_tensor(grad, expected_grads[name], f"{attention} {name}")
