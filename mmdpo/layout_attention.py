@@ -68,8 +68,7 @@ def _attend(query, key, value, *, dropout, scaling, mask=None):
 def _block_attention(query, key, value, span, dropout, scaling):
     """One block's attention output. query (1, H, n, D), key/value (1, H, n, D) of the row."""
     start, prompt_end, chosen_end, end = span
-    shared = prompt_end > start and chosen_end > prompt_end and end > chosen_end
-    if not shared:  # one sequence: prompt | response
+    if chosen_end == prompt_end or end == chosen_end:  # one sequence: prompt | response
         sl = slice(start, end)
         return _attend(
             query[:, :, sl], key[:, :, sl], value[:, :, sl], dropout=dropout, scaling=scaling

@@ -97,6 +97,22 @@ def layout_position_ids(model: Any, batch: PreferenceBatch, layout: PairLayout) 
     return layout.columns
 
 
+def _check_full_attention(config: Any) -> None:
+    """A layout's mask replaces the model's own, which would add a sliding window."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        sliding = "sliding_attention" in layer_types
+    else:
+        sliding = bool(getattr(config, "sliding_window", None)) and getattr(
+            config, "use_sliding_window", True
+        )
+    if sliding:
+        raise ValueError(
+            f"forward layouts do not support sliding-window attention ({config.model_type}); "
+            "use the two-row layout"
+        )
+
+
 def layout_attention_mask(model: Any, layout: PairLayout) -> torch.Tensor:
     """The mask for the language model's attention implementation.
 
@@ -105,10 +121,14 @@ def layout_attention_mask(model: Any, layout: PairLayout) -> torch.Tensor:
     boolean 4D mask.
     """
     config = text_config(unwrap(model))
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        if "sliding_attention" in (getattr(config, "layer_types", None) or []):
-            raise ValueError("layouts do not support sliding-window attention layers")
+    _check_full_attention(config)
     implementation = config._attn_implementation
+    if implementation not in (LAYOUT_ATTENTION, "flex_attention", "eager", "sdpa"):
+        # flash-attention kernels take no 4D mask: the layout would be silently ignored
+        raise ValueError(
+            f"forward layouts need attention sdpa, eager or flex_attention, not "
+            f"{implementation!r} (model.attn_implementation); or use the two-row layout"
+        )
     if implementation == LAYOUT_ATTENTION:
         return plan_mask(layout)
     if implementation == "flex_attention":

@@ -104,9 +104,10 @@ def _blocks(batch: PreferenceBatch, shared: torch.Tensor) -> list[_Block]:
     lengths = batch.attention_mask.sum(dim=1).tolist()
     prompts = prompt_lengths(batch).tolist()
     blocks: list[_Block] = []
+    shared_pairs = shared.tolist()
     for pair in range(n):
         chosen, rejected = pair, n + pair
-        if shared[pair]:
+        if shared_pairs[pair]:
             p = prompts[chosen]
             parts = [
                 (chosen, 0, p, PROMPT),

@@ -347,3 +347,16 @@ def test_gradient_checkpointing_and_4bit_keep_the_gradients(sharp_model_dir, fam
         assert grads.keys() == expected_grads.keys()
         for name, grad in grads.items():
             assert_close_per_tensor(grad, expected_grads[name], f"{attention} {name}")
+
+
+def test_kernels_without_a_4d_mask_and_sliding_windows_are_refused(sharp_model_dir):
+    _, model, batch = _eval_setup(sharp_model_dir, "qwen2")
+    config = text_config(model)
+    assert "sliding_attention" not in config.layer_types  # Qwen2's default: full attention
+    config._attn_implementation_internal = "flash_attention_2"
+    with pytest.raises(ValueError, match="need attention sdpa, eager or flex_attention"):
+        layout_forward(model, batch)
+    config._attn_implementation_internal = "sdpa"
+    config.layer_types = ["sliding_attention"] * len(config.layer_types)
+    with pytest.raises(ValueError, match="sliding-window"):
+        layout_forward(model, batch)

@@ -136,3 +136,38 @@ def test_chunked_logps_gradient_adds_for_a_row_named_twice():
     log_probs = expected_input.log_softmax(-1)[rows, targets]
     (log_probs * weights).sum().backward()
     torch.testing.assert_close(logits.grad, expected_input.grad)
+
+
+@pytest.mark.parametrize("layout", ["shared_prompt", "packed"])
+def test_block_attention_equals_sdpa_with_the_dense_mask(layout):
+    """``mmdpo_layout`` attention against SDPA with the layout's boolean mask, on random
+    queries, keys and values (grouped: 4 query heads, 2 key heads), for shared pairs, an
+    empty prompt, a pair that falls back to two blocks, and packing."""
+    from mmdpo.layout_attention import layout_attention_forward, plan_mask
+
+    fallback = pair(
+        "own-images", [11, 12], [21, 22], [31], rejected_prompt_ids=[11, 13],
+        image_inputs={"pixel_values": torch.zeros(1, 3)},
+        rejected_image_inputs={"pixel_values": torch.ones(1, 3)},
+    )  # fmt: skip
+    batch = collate(
+        pair("a", [1, 2, 3, 4, 5], [6, 7, 8], [9, 10]),
+        pair("empty-prompt", [], [6, 7], [8, 9, 10]),
+        fallback,
+        pair("b", [1, 2], [3], [4, 5, 6, 7]),
+    )
+    built = build_layout(batch, layout)
+    rows, width = built.input_ids.shape
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(rows, 4, width, 8, generator=generator, dtype=torch.float64)
+    key = torch.randn(rows, 2, width, 8, generator=generator, dtype=torch.float64)
+    value = torch.randn(rows, 2, width, 8, generator=generator, dtype=torch.float64)
+    out, _ = layout_attention_forward(None, query, key, value, plan_mask(built), scaling=0.3)
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1),
+        attn_mask=attention_mask_4d(built), scale=0.3,
+    ).transpose(1, 2)  # fmt: skip
+    real = built.segments >= 0
+    torch.testing.assert_close(out[real], dense[real])
+    if layout == "packed":
+        assert rows < len(built.block_rows)
