@@ -8,7 +8,8 @@ reference and a precompute pass. What differs is the model call:
 - the tokens of the 2B rows are placed in the layout's rows, each with the position id it has
   in its own row (Qwen2-VL / Qwen2.5-VL: its 3D rope position, computed by the model's own
   ``get_rope_index`` on the 2B rows and then gathered, so it is the same by construction);
-- a prepared 4D mask (``layouts.attention_mask_4d``) replaces the 2D padding mask;
+- the layout's attention rule replaces the 2D padding mask, in the form the language model's
+  attention implementation takes (``layout_attention_mask``; see docs/layouts.md);
 - each block's prompt images are encoded once and their features merged at its image tokens;
 - the output layer runs only at the positions that predict a response token (``logits_to_keep``
   as a boolean mask); the last prompt position predicts the first token of both responses.
@@ -23,7 +24,7 @@ import torch
 from mmdpo.forward import QWEN_VL_FAMILIES, PairLogps, encode_images, model_family, unwrap
 from mmdpo.layout_attention import LAYOUT_ATTENTION, flex_block_mask, plan_mask, text_config
 from mmdpo.layouts import PairLayout, attention_mask_4d, build_layout
-from mmdpo.logprobs import DEFAULT_CHUNK_SIZE, _ChunkedTargetLogps
+from mmdpo.logprobs import DEFAULT_CHUNK_SIZE, rows_target_logps
 from mmdpo.types import PreferenceBatch
 
 
@@ -168,8 +169,8 @@ def layout_forward(
         use_cache=False,
         **kwargs,
     )
-    per_token = _ChunkedTargetLogps.apply(
-        out.logits, layout.target_logits, layout.target_ids, chunk_size
+    per_token = rows_target_logps(
+        out.logits, layout.target_logits, layout.target_ids, chunk_size=chunk_size
     )
     n_rows = batch.input_ids.shape[0]
     sums = torch.zeros(n_rows, dtype=torch.float32, device=per_token.device)

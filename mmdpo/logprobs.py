@@ -65,6 +65,26 @@ class _ChunkedTargetLogps(torch.autograd.Function):
         return grad, None, None, None
 
 
+def rows_target_logps(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """``log_softmax(logits[rows].float()).gather(targets)``, chunked, without that copy.
+
+    Args:
+        logits: any float dtype. Shape: (M, V)
+        rows: the logits row of each target; a row may be named more than once. Shape: (K,)
+        targets: token ids. Shape: (K,)
+
+    Returns:
+        fp32 log-probs, differentiable w.r.t. ``logits``. Shape: (K,)
+    """
+    return _ChunkedTargetLogps.apply(logits, rows, targets, chunk_size)
+
+
 def response_prediction_mask(loss_mask: torch.Tensor) -> torch.Tensor:
     """True at the positions whose logits predict a target token (``loss_mask`` shifted left).
 

@@ -12,7 +12,7 @@ from mmdpo.layouts import (
     attention_mask_4d,
     build_layout,
 )
-from mmdpo.logprobs import _ChunkedTargetLogps
+from mmdpo.logprobs import rows_target_logps
 from mmdpo.types import TokenizedPair
 
 PAD = 0
@@ -131,7 +131,7 @@ def test_chunked_logps_gradient_adds_for_a_row_named_twice():
     rows = torch.tensor([0, 1, 1, 2])
     targets = torch.tensor([3, 4, 5, 6])
     weights = torch.tensor([1.0, 2.0, -1.0, 0.5], dtype=torch.float64)
-    (_ChunkedTargetLogps.apply(logits, rows, targets, 2) * weights).sum().backward()
+    (rows_target_logps(logits, rows, targets, chunk_size=2) * weights).sum().backward()
     expected_input = logits.detach().clone().requires_grad_(True)
     log_probs = expected_input.log_softmax(-1)[rows, targets]
     (log_probs * weights).sum().backward()
