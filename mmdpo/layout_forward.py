@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-from mmdpo.forward import QWEN_VL_FAMILIES, PairLogps, encode_images, model_family, unwrap
+from mmdpo.forward import (
+    QWEN_VL_FAMILIES,
+    PairLogps,
+    concatenated_forward,
+    encode_images,
+    model_family,
+    unwrap,
+)
 from mmdpo.layout_attention import LAYOUT_ATTENTION, flex_block_mask, plan_mask, text_config
 from mmdpo.layouts import PairLayout, attention_mask_4d, build_layout
 from mmdpo.logprobs import DEFAULT_CHUNK_SIZE, rows_target_logps
@@ -98,8 +105,19 @@ def layout_position_ids(model: Any, batch: PreferenceBatch, layout: PairLayout) 
     return layout.columns
 
 
-def _check_full_attention(config: Any) -> None:
-    """A layout's mask replaces the model's own, which would add a sliding window."""
+MASK_ATTENTIONS = (LAYOUT_ATTENTION, "flex_attention", "eager", "sdpa")
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why a layout cannot be exact for ``model`` (None when it can): the caller falls back to
+    the two-row forward or reports it."""
+    config = text_config(unwrap(model))
+    implementation = config._attn_implementation
+    if implementation not in MASK_ATTENTIONS:  # flash kernels take no 4D mask
+        return (
+            f"forward layouts need attention sdpa, eager or flex_attention, not "
+            f"{implementation!r} (model.attn_implementation)"
+        )
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None:
         sliding = "sliding_attention" in layer_types
@@ -107,29 +125,22 @@ def _check_full_attention(config: Any) -> None:
         sliding = bool(getattr(config, "sliding_window", None)) and getattr(
             config, "use_sliding_window", True
         )
-    if sliding:
-        raise ValueError(
-            f"forward layouts do not support sliding-window attention ({config.model_type}); "
-            "use the two-row layout"
-        )
+    if sliding:  # the layout's mask replaces the model's own, which adds the window
+        return f"forward layouts do not support sliding-window attention ({config.model_type})"
+    return None
 
 
-def layout_attention_mask(model: Any, layout: PairLayout) -> torch.Tensor:
+def layout_attention_mask(model: Any, layout: PairLayout) -> Any:
     """The mask for the language model's attention implementation.
 
     ``mmdpo_layout``: the layout itself (block-wise SDPA, no (L, L) mask); ``flex_attention``:
-    a block-sparse ``BlockMask``; ``eager``: an additive float mask; anything else (SDPA): a
-    boolean 4D mask.
+    a block-sparse ``BlockMask``; ``eager``: an additive float mask; ``sdpa``: a boolean 4D
+    mask.
     """
-    config = text_config(unwrap(model))
-    _check_full_attention(config)
-    implementation = config._attn_implementation
-    if implementation not in (LAYOUT_ATTENTION, "flex_attention", "eager", "sdpa"):
-        # flash-attention kernels take no 4D mask: the layout would be silently ignored
-        raise ValueError(
-            f"forward layouts need attention sdpa, eager or flex_attention, not "
-            f"{implementation!r} (model.attn_implementation); or use the two-row layout"
-        )
+    reason = unsupported_reason(model)
+    if reason:
+        raise ValueError(f"{reason}; use the two-row layout")
+    implementation = text_config(unwrap(model))._attn_implementation
     if implementation == LAYOUT_ATTENTION:
         return plan_mask(layout)
     if implementation == "flex_attention":
@@ -178,3 +189,18 @@ def layout_forward(
     counts = batch.loss_mask[:, 1:].sum(dim=1).to(torch.float32)
     n = batch.num_pairs
     return PairLogps(sums[:n], sums[n:], counts[:n], counts[n:])
+
+
+FORWARD_LAYOUTS = ("two_row", "shared_prompt", "packed")
+
+
+def forward_pairs(
+    model: Any, batch: PreferenceBatch, layout: str = "two_row", *, row_tokens: int | None = None
+) -> PairLogps:
+    """``concatenated_forward`` for ``two_row``, else ``layout_forward``: one call for the
+    policy, the reference and the precompute pass, whichever layout a run uses."""
+    if layout == "two_row":
+        return concatenated_forward(model, batch)
+    if layout not in FORWARD_LAYOUTS:
+        raise ValueError(f"unknown forward layout {layout!r}; valid: {', '.join(FORWARD_LAYOUTS)}")
+    return layout_forward(model, batch, layout, row_tokens=row_tokens)

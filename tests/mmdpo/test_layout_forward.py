@@ -14,7 +14,7 @@ from mmdpo.data.collate import PreferenceCollator
 from mmdpo.data.transform import PairTransform, TransformSettings
 from mmdpo.forward import concatenated_forward
 from mmdpo.layout_attention import LAYOUT_ATTENTION, text_config, use_layout_attention
-from mmdpo.layout_forward import layout_forward
+from mmdpo.layout_forward import forward_pairs, layout_forward, unsupported_reason
 from mmdpo.layouts import REJECTED, build_layout
 from mmdpo.models.loading import load_policy
 from mmdpo.models.lora import apply_lora, module_part
@@ -353,7 +353,13 @@ def test_kernels_without_a_4d_mask_and_sliding_windows_are_refused(sharp_model_d
     _, model, batch = _eval_setup(sharp_model_dir, "qwen2")
     config = text_config(model)
     assert "sliding_attention" not in config.layer_types  # Qwen2's default: full attention
+    assert unsupported_reason(model) is None
+    with torch.no_grad():
+        assert_same_logps(forward_pairs(model, batch, "shared_prompt"), forward_pairs(model, batch))
+    with pytest.raises(ValueError, match="two_row, shared_prompt, packed"):
+        forward_pairs(model, batch, "shared")
     config._attn_implementation_internal = "flash_attention_2"
+    assert "flash_attention_2" in unsupported_reason(model)
     with pytest.raises(ValueError, match="need attention sdpa, eager or flex_attention"):
         layout_forward(model, batch)
     config._attn_implementation_internal = "sdpa"
