@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import threading
 import time
 
 LAYOUT_NAMES = (
-    "two_row", "shared_prompt", "shared_prompt_float", "shared_prompt_blocks",
+    "two_row", "shared_prompt", "shared_prompt_bool", "shared_prompt_blocks",
     "packed", "packed_blocks",
 )  # fmt: skip
 # name -> list of (prompt, chosen, rejected) token counts
@@ -84,7 +83,7 @@ def make_model(hidden: int, layers: int):
 
 def forward_function(policy, layout: str):
     """The forward of a layout name; ``_blocks``: the ``mmdpo_layout`` attention (no L x L
-    mask), ``_float``: an additive float mask under SDPA, else a boolean mask under SDPA."""
+    mask), ``_bool``: a boolean mask under SDPA, else the additive float mask under SDPA."""
     from mmdpo import layout_forward as module
     from mmdpo.forward import concatenated_forward
     from mmdpo.layout_attention import use_layout_attention
@@ -95,10 +94,8 @@ def forward_function(policy, layout: str):
     if layout.endswith("_blocks"):
         use_layout_attention(policy.get_base_model())
         layout = layout.removesuffix("_blocks")
-    if layout == "shared_prompt_float":
-        module.layout_attention_mask = lambda model, built: attention_mask_4d(
-            built, model.get_input_embeddings().weight.dtype
-        )
+    if layout == "shared_prompt_bool":
+        module.layout_attention_mask = lambda model, built: attention_mask_4d(built)
         return lambda model, batch: module.layout_forward(model, batch, "shared_prompt")
     return lambda model, batch: module.layout_forward(model, batch, layout)
 
@@ -131,11 +128,8 @@ class PeakRss:
         self.peak = max(self.peak, self.now())
 
 
-def child(case: str, layout: str, hidden: int, layers: int, steps: int) -> dict:
+def setup(case: str, layout: str, hidden: int, layers: int):
     import torch
-
-    from mmdpo.layouts import build_layout
-    from mmdpo.objective import adapter_disabled
 
     torch.set_num_threads(1)
     policy = make_model(hidden, layers)
@@ -148,10 +142,15 @@ def child(case: str, layout: str, hidden: int, layers: int, steps: int) -> dict:
         logps = forward(policy, batch)
         (logps.chosen(True) - logps.rejected(True)).sum().backward()
 
-    def reference_pass():
-        with adapter_disabled(policy):
-            forward(policy, batch)
+    return policy, batch, forward, policy_step
 
+
+def child(case: str, layout: str, hidden: int, layers: int, steps: int) -> dict:
+    """CPU seconds of the policy step and of the reference pass (medians of ``steps``)."""
+    from mmdpo.layouts import build_layout
+    from mmdpo.objective import adapter_disabled
+
+    policy, batch, forward, policy_step = setup(case, layout, hidden, layers)
     policy_step()  # warm-up
     step_cpu, reference_cpu = [], []
     for _ in range(steps):
@@ -159,23 +158,48 @@ def child(case: str, layout: str, hidden: int, layers: int, steps: int) -> dict:
         policy_step()
         step_cpu.append(time.process_time() - started)
         started = time.process_time()
-        reference_pass()
+        with adapter_disabled(policy):
+            forward(policy, batch)
         reference_cpu.append(time.process_time() - started)
-    policy.zero_grad(set_to_none=True)
-    before = PeakRss().now()
-    with PeakRss() as rss:
-        policy_step()
     if layout == "two_row":
         positions, head_rows = batch.input_ids.numel(), int(batch.loss_mask[:, 1:].sum())
     else:
-        built = build_layout(batch, layout.split("_float")[0].split("_blocks")[0])
+        built = build_layout(batch, layout.split("_bool")[0].split("_blocks")[0])
         positions, head_rows = built.input_ids.numel(), int(built.keep.sum())
     return {
         "case": case, "layout": layout, "step_cpu_s": statistics.median(step_cpu),
         "reference_cpu_s": statistics.median(reference_cpu),
-        "peak_mib": rss.peak - before, "positions": positions, "head_rows": head_rows,
-        "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "positions": positions, "head_rows": head_rows,
     }  # fmt: skip
+
+
+def memory_child(case: str, layout: str, hidden: int, layers: int) -> dict:
+    """Peak resident memory one policy step adds. The parent starts this process with glibc
+    returning every block of 64 KiB or more to the system when freed, so the resident size
+    follows the live tensors rather than what the allocator keeps cached."""
+    import ctypes
+    import gc
+
+    _, _, _, policy_step = setup(case, layout, hidden, layers)
+    policy_step()  # warm-up
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = PeakRss().now()
+    with PeakRss() as rss:
+        policy_step()
+    return {"case": case, "layout": layout, "peak_mib": rss.peak - before}
+
+
+def run_child(case: str, layout: str, args: argparse.Namespace, memory: bool = False) -> dict:
+    command = [sys.executable, __file__, "--child", case, layout, "--hidden", str(args.hidden),
+               "--layers", str(args.layers), "--steps", str(args.steps)]  # fmt: skip
+    env = dict(os.environ)
+    if memory:
+        command.append("--memory")
+        env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
 
 
 def main() -> None:
@@ -187,9 +211,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps per process")
     parser.add_argument("--repeats", type=int, default=2, help="fresh processes per layout")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "LAYOUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = child(*args.child, args.hidden, args.layers, args.steps)
+        if args.memory:
+            result = memory_child(*args.child, args.hidden, args.layers)
+        else:
+            result = child(*args.child, args.hidden, args.layers, args.steps)
         print("RESULT " + json.dumps(result))
         return
     print("load before:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
@@ -197,14 +225,12 @@ def main() -> None:
     rows = []
     for case in args.cases.split(","):
         runs: dict[str, list[dict]] = {name: [] for name in layouts}
+        peaks: dict[str, float] = {}
         for repeat in range(args.repeats):  # alternate the layouts' order between repeats
             for name in layouts if repeat % 2 == 0 else list(reversed(layouts)):
-                command = [sys.executable, __file__, "--child", case, name,
-                           "--hidden", str(args.hidden), "--layers", str(args.layers),
-                           "--steps", str(args.steps)]  # fmt: skip
-                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-                line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-                runs[name].append(json.loads(line.removeprefix("RESULT ")))
+                runs[name].append(run_child(case, name, args))
+        for name in layouts:
+            peaks[name] = run_child(case, name, args, memory=True)["peak_mib"]
         base = statistics.median(r["step_cpu_s"] for r in runs[layouts[0]])
         for name in layouts:
             step = statistics.median(r["step_cpu_s"] for r in runs[name])
@@ -212,7 +238,7 @@ def main() -> None:
                 f"| {case} | {name} | {runs[name][0]['positions']} | {runs[name][0]['head_rows']} "
                 f"| {step:.2f} | {base / step:.2f}x "
                 f"| {statistics.median(r['reference_cpu_s'] for r in runs[name]):.2f} "
-                f"| {max(r['peak_mib'] for r in runs[name]):.0f} |"
+                f"| {peaks[name]:.0f} |"
             )
             print(rows[-1], flush=True)
     print("load after:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())

@@ -1,6 +1,6 @@
 """The layouts on a GPU: same log-probs and LoRA gradients as two rows, then time and memory.
 
-For each attention path (``sdpa`` with a boolean 4D mask, ``mmdpo_layout`` block-wise SDPA,
+For each attention path (``sdpa`` with an additive float 4D mask, ``mmdpo_layout`` block-wise SDPA,
 ``flex_attention`` with a BlockMask) it checks, in fp32 on a sharp-attention model, that the
 shared-prompt and packed forwards give the two-row sequence log-probs and LoRA gradients, and
 then times a policy step (forward + backward, bf16 autocast) per layout with peak CUDA memory.

@@ -253,8 +253,8 @@ def allowed_attention(layout: PairLayout) -> torch.Tensor:
 def attention_mask_4d(layout: PairLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The layout's mask as transformers takes a prepared 4D mask. Shape: (R, 1, L, L)
 
-    ``dtype=None``: boolean (True = attend), for SDPA. A float dtype: additive (0 or the
-    dtype's minimum), the only form eager attention reads correctly (a boolean mask under
+    ``dtype=None``: boolean (True = attend). A float dtype: additive (0 or the dtype's
+    minimum), what the engine passes to SDPA and eager attention (a boolean mask under
     eager gives wrong logits without an error).
     """
     allowed = allowed_attention(layout)[:, None]

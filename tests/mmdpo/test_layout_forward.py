@@ -71,7 +71,7 @@ def setup(request, sharp_model_dir):
 
 @pytest.fixture(params=["sdpa", LAYOUT_ATTENTION])
 def attention(request, setup):
-    """The family's policy under SDPA with a boolean 4D mask, or under ``mmdpo_layout``."""
+    """The family's policy under SDPA with the additive float 4D mask, or under ``mmdpo_layout``."""
     config = text_config(setup[1].get_base_model())
     before = config._attn_implementation
     if request.param == LAYOUT_ATTENTION:
