@@ -148,7 +148,7 @@ def setup(case: str, layout: str, hidden: int, layers: int):
 def child(case: str, layout: str, hidden: int, layers: int, steps: int) -> dict:
     """CPU seconds of the policy step and of the reference pass (medians of ``steps``)."""
     from mmdpo.layouts import build_layout
-    from mmdpo.objective import adapter_disabled
+    from mmdpo.reference import adapter_disabled
 
     policy, batch, forward, policy_step = setup(case, layout, hidden, layers)
     policy_step()  # warm-up

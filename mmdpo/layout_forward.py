@@ -22,87 +22,46 @@ from typing import Any
 import torch
 
 from mmdpo.forward import (
-    QWEN_VL_FAMILIES,
+    ImageFeatures,
     PairLogps,
     concatenated_forward,
-    encode_images,
-    model_family,
+    encode_pair_images,
+    two_row_images,
     unwrap,
+    vision_kwargs,
 )
 from mmdpo.layout_attention import LAYOUT_ATTENTION, flex_block_mask, plan_mask, text_config
 from mmdpo.layouts import PairLayout, attention_mask_4d, build_layout
 from mmdpo.logprobs import DEFAULT_CHUNK_SIZE, rows_target_logps
+from mmdpo.models.families import family_of, is_vlm_config
 from mmdpo.types import PreferenceBatch
 
 
-def _row_images(batch: PreferenceBatch) -> list[list[tuple[str, int]]]:
-    """For each of the 2B rows, the images its prompt holds: ("prompt" | "rejected", index)."""
-    n = batch.num_pairs
-    prompt: list[list[int]] = [[] for _ in range(n)]
-    rejected: list[list[int]] = [[] for _ in range(n)]
-    if batch.image_pairs is not None:
-        for index, pair in enumerate(batch.image_pairs.tolist()):
-            prompt[pair].append(index)
-    if batch.rejected_image_pairs is not None:
-        for index, pair in enumerate(batch.rejected_image_pairs.tolist()):
-            rejected[pair].append(index)
-    rows = [[("prompt", i) for i in prompt[pair]] for pair in range(n)]
-    for pair in range(n):  # a rejected row shows its own images when it has them
-        own = [("rejected", i) for i in rejected[pair]]
-        rows.append(own or [("prompt", i) for i in prompt[pair]])
-    return rows
+def layout_position_ids(
+    model: Any,
+    batch: PreferenceBatch,
+    layout: PairLayout,
+    rows: list[ImageFeatures] | None = None,
+) -> torch.Tensor:
+    """Each layout token's position id in its own row. Shape: (R, L), Qwen-VL (3, R, L)
 
-
-def _image_features(model: Any, batch: PreferenceBatch, layout: PairLayout) -> dict[str, Any]:
-    """``mm_encoder_outputs`` with each image encoded once, in the layout's image-token order."""
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-    inner = unwrap(model)
-    encoded = {"prompt": [], "rejected": []}
-    if batch.image_inputs:
-        encoded["prompt"] = encode_images(inner, batch.image_inputs)
-    if batch.rejected_image_inputs:
-        encoded["rejected"] = encode_images(inner, batch.rejected_image_inputs)
-    rows = _row_images(batch)
-    features = [encoded[kind][i] for row in layout.block_rows for kind, i in rows[row]]
-    return {"image": BaseModelOutputWithPooling(pooler_output=features)}
-
-
-def _rope_owner(model: Any) -> Any:
-    """The Qwen2-VL / Qwen2.5-VL module that holds ``get_rope_index``."""
-    inner = unwrap(model)
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return base.model
-
-
-def qwen_vl_positions(model: Any, batch: PreferenceBatch) -> torch.Tensor:
-    """The 3D rope positions that Qwen2-VL / 2.5-VL give the 2B rows. Shape: (3, 2B, T)
-
-    Computed by the model's own ``get_rope_index`` from ``input_ids`` (without them the
-    positions differ silently), each row with the grids of the images its prompt holds.
+    ``rows``: the images of each of the 2B rows (``two_row_images``), None for a text batch.
+    A family that computes its own positions (Qwen2-VL's 3D rope) computes them for the 2B
+    rows, with each row's images, and the layout gathers them: the same by construction.
     """
-    config = unwrap(model).config
-    rows = _row_images(batch)
-    grids = []
-    for row in rows:
-        for kind, index in row:
-            inputs = batch.image_inputs if kind == "prompt" else batch.rejected_image_inputs
-            grids.append(inputs["image_grid_thw"][index])
-    image_token_types = (batch.input_ids == config.image_token_id).int()
-    positions, _ = _rope_owner(model).get_rope_index(
-        batch.input_ids,
-        mm_token_type_ids=image_token_types,
-        image_grid_thw=torch.stack(grids) if grids else None,
-        attention_mask=batch.attention_mask,
-    )
-    return positions
-
-
-def layout_position_ids(model: Any, batch: PreferenceBatch, layout: PairLayout) -> torch.Tensor:
-    """Each layout token's position id in its own row. Shape: (R, L), Qwen-VL (3, R, L)"""
-    if model_family(unwrap(model)) in QWEN_VL_FAMILIES:
-        return layout.gather(qwen_vl_positions(model, batch))
-    return layout.columns
+    inner = unwrap(model)
+    if rows is None or not is_vlm_config(inner.config):
+        return layout.columns
+    family = family_of(inner)
+    if family.position_ids is None:
+        return layout.columns
+    per_image = {
+        key: [value for row in rows for value in row.inputs.get(key, [])]
+        for key in family.per_image_inputs
+    }
+    extras = family.forward_extras(inner.config, batch.input_ids, per_image)
+    positions = family.position_ids(inner, batch.input_ids, batch.attention_mask, extras)
+    return layout.gather(positions)
 
 
 MASK_ATTENTIONS = (LAYOUT_ATTENTION, "flex_attention", "eager", "sdpa")
@@ -170,12 +129,16 @@ def layout_forward(
     if not isinstance(layout, PairLayout):
         layout = build_layout(batch, layout, row_tokens=row_tokens)
     kwargs: dict[str, Any] = {}
+    rows = None
     if batch.image_inputs or batch.rejected_image_inputs:
-        kwargs["mm_encoder_outputs"] = _image_features(model, batch, layout)
+        rows = two_row_images(encode_pair_images(model, batch))  # each image encoded once
+        # a block shows the images of the row whose prompt it carries
+        blocks = [rows[row] for row in layout.block_rows]
+        kwargs = vision_kwargs(model, blocks, layout.input_ids)
     out = model(
         input_ids=layout.input_ids,
         attention_mask=layout_attention_mask(model, layout),
-        position_ids=layout_position_ids(model, batch, layout),
+        position_ids=layout_position_ids(model, batch, layout, rows),
         logits_to_keep=layout.keep,
         use_cache=False,
         **kwargs,

@@ -51,6 +51,21 @@ def _encode_idefics3(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
     )
 
 
+def _positions_qwen(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, extras: dict[str, Any]
+) -> torch.Tensor:
+    # The model's own rope index, from input_ids: computed without them the positions differ
+    # silently. The module that holds it sits under peft's wrapper and the LM head's model.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    positions, _ = base.model.get_rope_index(
+        input_ids,
+        mm_token_type_ids=extras["mm_token_type_ids"],
+        image_grid_thw=extras.get("image_grid_thw"),
+        attention_mask=attention_mask,
+    )
+    return positions
+
+
 def _encode_unknown(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
     raise get_family_error(model_type(model))
 
@@ -69,6 +84,11 @@ class VLMFamily:
         per_image_inputs: processor tensors with one row per image that the language model's
             forward needs besides the features (rows follow the images, row by row).
         token_type_ids: the forward needs ``mm_token_type_ids`` (1 on image tokens).
+        position_ids: ``(model, input_ids, attention_mask, forward extras) -> position ids``
+            of right-padded rows with images, as the model computes them itself, for families
+            whose positions are not the column (Qwen2-VL's 3D rope positions, Shape:
+            (3, N, T)); None: the column. A forward that lays rows out differently (a shared
+            prompt, packed rows) passes them.
         vision_tower, projector: module-name components of the vision encoder and of the
             vision-to-text projector (a projector name wins when both occur).
     """
@@ -81,6 +101,7 @@ class VLMFamily:
     special_token_attributes: tuple[str, ...] = ()
     per_image_inputs: tuple[str, ...] = ()
     token_type_ids: bool = False
+    position_ids: Callable[..., torch.Tensor] | None = None
 
     def image_token_id(self, config: Any) -> int | None:
         for attribute in self.image_token_attributes:
@@ -121,6 +142,7 @@ _QWEN = {
     "special_token_attributes": ("video_token_id", "vision_start_token_id", "vision_end_token_id"),
     "per_image_inputs": ("image_grid_thw",),
     "token_type_ids": True,
+    "position_ids": _positions_qwen,
     "vision_tower": frozenset({"visual"}),
     "projector": frozenset({"merger"}),
 }

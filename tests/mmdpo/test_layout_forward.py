@@ -18,9 +18,10 @@ from mmdpo.layout_forward import forward_pairs, layout_forward, unsupported_reas
 from mmdpo.layouts import REJECTED, build_layout
 from mmdpo.models.loading import load_policy
 from mmdpo.models.lora import apply_lora, module_part
-from mmdpo.objective import adapter_disabled
+from mmdpo.reference import adapter_disabled
 from mmdpo.tiny import VLM_FAMILIES, random_image
 from mmdpo.types import PreferenceSample
+from tests.mmdpo import test_forward_parity as forward_parity
 
 FAMILIES = ("llama", "qwen2", *VLM_FAMILIES)
 # "packed" with its default row size is covered by test_rejected_images_pair_runs_as_two_rows
@@ -195,28 +196,29 @@ def test_eager_attention_takes_the_additive_mask(sharp_model_dir):
         )
 
 
-def test_rejected_images_pair_runs_as_two_rows(sharp_model_dir):
-    """An image-contrastive pair falls back to two blocks; the other pairs still share."""
-    model, processor, _ = load_policy(sharp_model_dir("qwen2_vl"), quantization="none")
-    transform = PairTransform(processor, TransformSettings(4096), is_vlm=True)
-    contrastive = PreferenceSample(
-        id="contrast",
-        prompt="Is there a circle?",
-        chosen="Yes, a circle.",
-        rejected="No.",
-        images=[random_image(5)],
-        rejected_images=[random_image(6, size=(84, 84))],
-        modality="vision",
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parity_batches_with_contrastive_pairs_equal_two_rows(sharp_model_dir, family):
+    """The batches of test_forward_parity (images of several sizes, two images in a prompt, a
+    text pair, an image-contrastive pair): the contrastive pair falls back to two blocks, the
+    others share; both layouts and both attention paths equal the two-row forward."""
+    model, processing, _ = load_policy(sharp_model_dir(family), quantization="none")
+    vision = family in VLM_FAMILIES
+    transform = PairTransform(processing, TransformSettings(4096), is_vlm=vision)
+    parity_samples = forward_parity.vision_samples() if vision else forward_parity.text_samples()
+    batch = PreferenceCollator(processing_pad_id(processing))(
+        [transform(s) for s in parity_samples]
     )
-    pairs = [transform(s) for s in [contrastive, *samples(True)]]
-    batch = PreferenceCollator(processor.tokenizer.pad_token_id)(pairs)
-    built = build_layout(batch, "packed")
-    assert built.shared.tolist() == [False, True, True, True]
+    shared = [s.rejected_images is None for s in parity_samples]
     model.eval()
     with torch.no_grad():
         expected = concatenated_forward(model, batch)
-        assert_same_logps(layout_forward(model, batch, built), expected)
-        assert_same_logps(layout_forward(model, batch, "shared_prompt"), expected)
+        for attention in ("sdpa", LAYOUT_ATTENTION):
+            if attention == LAYOUT_ATTENTION:
+                use_layout_attention(model)
+            for layout in ("shared_prompt", "packed"):
+                built = build_layout(batch, layout)
+                assert built.shared.tolist() == shared
+                assert_same_logps(layout_forward(model, batch, built), expected)
 
 
 # --- the tests above catch a one-token error ---------------------------------------------
@@ -227,8 +229,8 @@ def test_a_position_off_by_one_is_caught(sharp_model_dir, family, monkeypatch):
     _, policy, batch = _eval_setup(sharp_model_dir, family)
     original = layout_forward_module.layout_position_ids
 
-    def shifted(model, batch, layout):
-        positions = original(model, batch, layout).clone()
+    def shifted(model, batch, layout, rows=None):
+        positions = original(model, batch, layout, rows).clone()
         positions[..., layout.branches == REJECTED] += 1
         return positions
 
