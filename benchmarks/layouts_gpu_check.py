@@ -68,17 +68,23 @@ def check(policy, batch) -> str:
     lines = []
     for layout in LAYOUTS[1:]:
         actual, grads = run(policy, batch, layout)
+        # sums of hundreds of random tokens reach -3000, where one fp32 ulp is 2.4e-4
         logp = max(
-            (actual.chosen_sum - expected.chosen_sum).abs().max().item(),
-            (actual.rejected_sum - expected.rejected_sum).abs().max().item(),
-        )
+            ((actual.chosen_sum - expected.chosen_sum).abs() / expected.chosen_sum.abs()).max(),
+            (
+                (actual.rejected_sum - expected.rejected_sum).abs() / expected.rejected_sum.abs()
+            ).max(),
+        ).item()
         grad = max(
             ((grads[n] - g).abs().max() / g.abs().max().clamp(min=1e-12)).item()
             for n, g in expected_grads.items()
         )
-        verdict = "ok" if logp <= 1e-4 and grad <= 1e-3 else "DIFFERS"
+        # GPU kernels differ from one mask to another by fp32 rounding; a position or mask
+        # error on this sharp model moves log-probs by more than 1e-3 relative
+        verdict = "ok" if logp <= 1e-5 and grad <= 1e-3 else "DIFFERS"
         lines.append(
-            f"{layout}: max |d logp| {logp:.1e}, max grad diff / scale {grad:.1e} {verdict}"
+            f"{layout}: max |d logp| / |logp| {logp:.1e}, "
+            f"max grad diff / scale {grad:.1e} {verdict}"
         )
     return "; ".join(lines)
 
