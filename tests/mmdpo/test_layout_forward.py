@@ -368,3 +368,16 @@ def test_kernels_without_a_4d_mask_and_sliding_windows_are_refused(sharp_model_d
     config.layer_types = ["sliding_attention"] * len(config.layer_types)
     with pytest.raises(ValueError, match="sliding-window"):
         layout_forward(model, batch)
+
+
+def test_layout_attention_leaves_ordinary_forwards_and_generation_alone(sharp_model_dir):
+    """A model switched to ``mmdpo_layout`` runs the two-row forward (padded rows) and greedy
+    generation (with a cache) exactly as under SDPA."""
+    _, model, batch = _eval_setup(sharp_model_dir, "llama")
+    prompt = batch.input_ids[:2, :6]
+    with torch.no_grad():
+        expected = concatenated_forward(model, batch)
+        expected_text = model.generate(prompt, max_new_tokens=6, do_sample=False)
+        assert use_layout_attention(model) == "sdpa"
+        assert_same_logps(concatenated_forward(model, batch), expected)
+        assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), expected_text)
