@@ -1,13 +1,10 @@
 """What runs in each case: mmdpo in each of its forward layouts, and TRL.
 
-An mmdpo arm is the engine plus the config overrides that pick its layout. The shared-prompt
-forward (one row ``prompt | chosen | rejected`` per pair) and padding-free packing (several
-pairs in one row, no padding) are engine settings (issue 13, items 1-2). Until the engine's
-config has a setting, the arms that need it are reported as "not available in this build":
-never run under another layout and never filled in.
-
-When the engine's settings land under other names, change ``SHARED_PROMPT`` / ``PADDING_FREE``
-here; nothing else in the benchmark names them.
+An mmdpo arm is the engine plus the config override that picks its layout
+(``train.forward_layout``, docs/layouts.md): two rows per pair, the shared-prompt forward (one
+row ``prompt | chosen | rejected`` per pair), or shared prompts packed several pairs per row
+without padding. A build whose config lacks the setting reports the arms that need it as "not
+available in this build": never run under another layout and never filled in.
 """
 
 from __future__ import annotations
@@ -16,18 +13,17 @@ import dataclasses
 import typing
 from typing import Any
 
-SHARED_PROMPT = "train.shared_prompt"
-PADDING_FREE = "train.padding_free"
+LAYOUT = "train.forward_layout"
 
-# arm -> (label, {config key: value}); order is the report's.
+# arm -> (label, {config key: value}); order is the report's. A value of None means "the
+# build's default when it has no such setting" (the two-row forward of older builds).
 MMDPO_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
-    "mmdpo": ("mmdpo two-row", {SHARED_PROMPT: False, PADDING_FREE: False}),
-    "mmdpo-shared": ("mmdpo shared-prompt", {SHARED_PROMPT: True, PADDING_FREE: False}),
-    "mmdpo-shared-packed": (
-        "mmdpo shared-prompt + padding-free",
-        {SHARED_PROMPT: True, PADDING_FREE: True},
-    ),
+    "mmdpo": ("mmdpo two-row", {LAYOUT: "two_row"}),
+    "mmdpo-shared": ("mmdpo shared-prompt", {LAYOUT: "shared_prompt"}),
+    "mmdpo-shared-packed": ("mmdpo shared-prompt + padding-free", {LAYOUT: "packed"}),
 }
+# What a build without the setting runs: every arm but this one is then unavailable.
+BUILD_DEFAULT = {LAYOUT: "two_row"}
 TRL = "trl"
 ARMS = [*MMDPO_ARMS, TRL]
 LABELS = {**{arm: label for arm, (label, _) in MMDPO_ARMS.items()}, TRL: "TRL"}
@@ -50,15 +46,14 @@ def config_has(key: str) -> bool:
 def arm_overrides(arm: str) -> list[str] | None:
     """The dotted overrides that select ``arm`` in this build, or None when it cannot run.
 
-    A switch set to false that the build does not know is left out: a build without the
-    feature runs without it. A switch set to true that it does not know makes the arm
-    unavailable."""
+    A setting the build does not know is left out when the value is what such a build does
+    anyway (``BUILD_DEFAULT``); any other value makes the arm unavailable."""
     _, switches = MMDPO_ARMS[arm]
     overrides = []
     for key, value in switches.items():
         if config_has(key):
-            overrides.append(f"{key}={str(value).lower()}")
-        elif value:
+            overrides.append(f"{key}={value}")
+        elif BUILD_DEFAULT.get(key) != value:
             return None
     return overrides
 
@@ -66,7 +61,11 @@ def arm_overrides(arm: str) -> list[str] | None:
 def missing_settings(arm: str) -> list[str]:
     """The settings ``arm`` needs that this build's config lacks (for the report)."""
     _, switches = MMDPO_ARMS[arm]
-    return [key for key, value in switches.items() if value and not config_has(key)]
+    return [
+        key
+        for key, value in switches.items()
+        if not config_has(key) and BUILD_DEFAULT.get(key) != value
+    ]
 
 
 def parse_arms(spec: str | None) -> list[str]:

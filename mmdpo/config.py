@@ -26,6 +26,7 @@ REFERENCE_MODES = ("adapter_off", "model", "precomputed", "none")
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULERS = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "paged_adamw_8bit", "adamw_8bit")
+FORWARD_LAYOUT_SETTINGS = ("auto", "two_row", "shared_prompt", "packed")
 CALIBRATIONS = ("none", "zscore", "minmax", "rank")
 
 
@@ -253,8 +254,23 @@ class TrainSettings:
     report; 0: none. Skipped when the weights are sharded (FSDP, ZeRO-3)."""
     report: bool = True
     """Write <output_dir>/report.html (one self-contained page; ``mmdpo report``) at the end."""
+    forward_layout: str = "auto"
+    """How a micro-batch's pairs meet the model (docs/layouts.md): ``two_row`` (a chosen and a
+    rejected row per pair, padded), ``shared_prompt`` (one row ``prompt | chosen | rejected``
+    per pair: the prompt and its images computed once), ``packed`` (shared prompts, several
+    pairs per row, no padding), or ``auto``: ``packed`` where it is exact for the model
+    (attention sdpa, eager or flex; no sliding window), else ``two_row``. Pairs whose rejected
+    response has its own images always run as two rows. The log-probs and gradients equal the
+    two-row path's to fp32 rounding."""
+    layout_row_tokens: int | None = None
+    """``packed``: the longest row, in tokens (default: the longest pair of the micro-batch)."""
 
     def validate(self) -> None:
+        _choice("train.forward_layout", self.forward_layout, FORWARD_LAYOUT_SETTINGS)
+        if self.layout_row_tokens is not None and self.layout_row_tokens < 1:
+            raise ConfigError(
+                f"train.layout_row_tokens: must be >= 1, got {self.layout_row_tokens}"
+            )
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _choice("train.scheduler", self.scheduler, SCHEDULERS)
         _choice("train.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))

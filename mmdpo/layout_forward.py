@@ -17,6 +17,7 @@ reference and a precompute pass. What differs is the model call:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +31,13 @@ from mmdpo.forward import (
     unwrap,
     vision_kwargs,
 )
-from mmdpo.layout_attention import LAYOUT_ATTENTION, flex_block_mask, plan_mask, text_config
+from mmdpo.layout_attention import (
+    LAYOUT_ATTENTION,
+    flex_block_mask,
+    plan_mask,
+    text_config,
+    use_layout_attention,
+)
 from mmdpo.layouts import PairLayout, attention_mask_4d, build_layout
 from mmdpo.logprobs import DEFAULT_CHUNK_SIZE, rows_target_logps
 from mmdpo.models.families import family_of, is_vlm_config
@@ -167,3 +174,60 @@ def forward_pairs(
     if layout not in FORWARD_LAYOUTS:
         raise ValueError(f"unknown forward layout {layout!r}; valid: {', '.join(FORWARD_LAYOUTS)}")
     return layout_forward(model, batch, layout, row_tokens=row_tokens)
+
+
+LAYOUT_DESCRIPTIONS = {
+    "two_row": "two rows per pair (chosen, rejected), padded",
+    "shared_prompt": "one row per pair: the prompt and its images computed once",
+    "packed": "shared prompts, several pairs per row, no padding",
+}
+
+
+@dataclass(frozen=True)
+class PairForward:
+    """The forward a run uses for the policy, its reference and the precompute pass: called
+    like ``concatenated_forward`` (model, batch) -> ``PairLogps``.
+
+    Attributes:
+        layout: ``two_row``, ``shared_prompt`` or ``packed``.
+        row_tokens: ``packed``: the longest row (None: the micro-batch's longest pair).
+    """
+
+    layout: str = "two_row"
+    row_tokens: int | None = None
+
+    def __call__(self, model: Any, batch: PreferenceBatch) -> PairLogps:
+        return forward_pairs(model, batch, self.layout, row_tokens=self.row_tokens)
+
+    def describe(self) -> str:
+        return f"{self.layout} ({LAYOUT_DESCRIPTIONS[self.layout]})"
+
+    def prepare(self, model: Any) -> None:
+        """Switch ``model`` (a policy or a separate reference) to the layout's attention."""
+        if self.layout != "two_row":
+            use_layout_attention(unwrap(model))
+
+
+def choose_forward(
+    setting: str, model: Any, row_tokens: int | None = None
+) -> tuple[PairForward, str | None]:
+    """The run's ``PairForward`` for ``train.forward_layout`` and ``model``, prepared.
+
+    ``auto`` takes ``packed`` where a layout is exact for the model, else ``two_row``; the
+    second value then says why (None otherwise). An explicit layout that cannot be exact for
+    the model raises ``ValueError`` naming the setting.
+    """
+    reason = unsupported_reason(model)
+    if setting == "auto":
+        layout = "two_row" if reason else "packed"
+    else:
+        if setting not in FORWARD_LAYOUTS:
+            raise ValueError(
+                f"train.forward_layout={setting!r}; valid: auto, {', '.join(FORWARD_LAYOUTS)}"
+            )
+        if setting != "two_row" and reason:
+            raise ValueError(f"train.forward_layout={setting}: {reason}; use two_row or auto")
+        layout, reason = setting, None
+    forward = PairForward(layout, row_tokens)
+    forward.prepare(model)
+    return forward, reason

@@ -3,6 +3,7 @@ loss, in one place."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +47,11 @@ def compute_objective(
     *,
     average: bool,
     calibration: Any = None,
+    forward: Callable[[Any, PreferenceBatch], PairLogps] = concatenated_forward,
 ) -> BatchObjective:
-    """Policy forward (chosen and rejected rows together), reference, loss; mean over pairs."""
-    policy = concatenated_forward(model, batch)
+    """Policy forward (chosen and rejected together, laid out by ``forward``: the run's
+    ``PairForward``, two rows by default), reference, loss; mean over pairs."""
+    policy = forward(model, batch)
     ref = reference.logps(batch) if spec.needs_reference else None
     kwargs = dict(hyperparams)
     if "tau_good" in kwargs:

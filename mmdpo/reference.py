@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,20 +97,22 @@ class ReferenceModel:
         model: Any = None,
         cache: ReferenceCache | None = None,
         keys_by_id: dict[str, str] | None = None,
+        forward: Callable[[Any, PreferenceBatch], PairLogps] = concatenated_forward,
     ):
         self.mode = mode
         self.policy = policy
         self.model = model
         self.cache = cache
         self.keys_by_id = keys_by_id or {}
+        self.forward = forward  # the run's layout (mmdpo.layout_forward.PairForward)
 
     @torch.no_grad()
     def logps(self, batch: PreferenceBatch) -> PairLogps:
         if self.mode == "adapter_off":
             with adapter_disabled(self.policy) as base:
-                return concatenated_forward(base, batch).detach()
+                return self.forward(base, batch).detach()
         if self.mode == "model":
-            return concatenated_forward(self.model, batch).detach()
+            return self.forward(self.model, batch).detach()
         if self.mode == "precomputed":
             table = self.cache.lookup([self.keys_by_id[i] for i in batch.ids])
             table = table.to(batch.input_ids.device)
@@ -159,6 +161,7 @@ def precompute_reference(
     collate: Any,
     run_dir: Path,
     accelerator: Any,
+    forward: Callable[[Any, PreferenceBatch], PairLogps] = concatenated_forward,
 ) -> PrecomputedReference | None:
     """For ``reference.mode: precomputed``, the cache with every pair's reference log-probs.
 
@@ -175,7 +178,7 @@ def precompute_reference(
         # One process computes the cache and writes it; the others read it (no rank does the
         # pass a second time).
         if accelerator.is_main_process:
-            fill_reference_cache(config, model, todo, keys, cache, collate, accelerator)
+            fill_reference_cache(config, model, todo, keys, cache, collate, accelerator, forward)
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             cache = ReferenceCache(cache.folder)
@@ -191,6 +194,7 @@ def fill_reference_cache(
     cache: ReferenceCache,
     collate: Any,
     accelerator: Any,
+    forward: Callable[[Any, PreferenceBatch], PairLogps] = concatenated_forward,
 ) -> None:
     """One pass of the reference (the base: adapter off, or the policy itself) over ``pairs``."""
     from tqdm.auto import tqdm
@@ -208,7 +212,7 @@ def fill_reference_cache(
             chunk = pairs[start : start + batch_size]
             batch = collate(chunk).to(accelerator.device)
             with accelerator.autocast():
-                out = concatenated_forward(policy, batch)
+                out = forward(policy, batch)
             table = torch.stack(
                 [out.chosen_sum, out.rejected_sum, out.chosen_tokens, out.rejected_tokens], 1
             )
@@ -226,6 +230,7 @@ def build_reference(
     policy: Any,
     accelerator: Any,
     precomputed: PrecomputedReference | None = None,
+    forward: Any = None,
 ) -> ReferenceModel | None:
     """The reference of the run's mode; None for a reference-free loss.
 
@@ -233,14 +238,19 @@ def build_reference(
         policy: the policy as ``accelerator.prepare`` returned it (adapter_off runs its
             forward through the wrapper).
         precomputed: what :func:`precompute_reference` returned (mode ``precomputed``).
+        forward: the run's ``PairForward`` (default: two rows per pair).
     """
     mode = config.reference.mode
     if not spec.needs_reference:
         return None
+    run_forward = forward if forward is not None else concatenated_forward
     if mode == "adapter_off":
-        return ReferenceModel(mode, policy=policy)
+        return ReferenceModel(mode, policy=policy, forward=run_forward)
     if mode == "model":
-        return ReferenceModel(mode, model=load_reference_model(config, accelerator))
+        model = load_reference_model(config, accelerator)
+        if hasattr(run_forward, "prepare"):
+            run_forward.prepare(model)  # the same layout needs the same attention path
+        return ReferenceModel(mode, model=model, forward=run_forward)
     if mode == "precomputed":
         if precomputed is None:
             raise RuntimeError("reference.mode=precomputed: call precompute_reference first")

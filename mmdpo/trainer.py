@@ -37,6 +37,7 @@ from mmdpo.data.pipeline import (
 )
 from mmdpo.data.transform import PairTransform, TransformSettings
 from mmdpo.forward import unwrap
+from mmdpo.layout_forward import PairForward, choose_forward
 from mmdpo.losses import LossSetting
 from mmdpo.metrics import (
     MetricsAccumulator,
@@ -164,6 +165,7 @@ def evaluate(
     calibration: Calibration,
     batch_size: int,
     device: torch.device,
+    forward: Any = None,
 ) -> dict[str, float]:
     """Preference accuracy, mean margin and loss on held-out pairs, per modality too.
 
@@ -178,7 +180,14 @@ def evaluate(
         for start in range(0, len(pairs), batch_size):
             batch = collate(pairs[start : start + batch_size]).to(device)
             obj = compute_objective(
-                model, batch, spec, hyperparams, reference, average=average, calibration=calibration
+                model,
+                batch,
+                spec,
+                hyperparams,
+                reference,
+                average=average,
+                calibration=calibration,
+                **({"forward": forward} if forward is not None else {}),
             )
             out = obj.output
             acc.add(
@@ -399,6 +408,28 @@ def _prepare_data(
     )
 
 
+# Process layouts where ``auto`` may pick a denser forward: one process or DDP. Under FSDP and
+# DeepSpeed the layouts are not verified yet (an explicit setting is still honoured).
+_LAYOUT_VERIFIED_UNDER = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU")
+
+
+def _choose_forward(config: Config, model: Any, accelerator: Any) -> PairForward:
+    """The run's forward layout (``train.forward_layout``), printed once with any fallback."""
+    setting = config.train.forward_layout
+    distributed = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    if setting == "auto" and distributed not in _LAYOUT_VERIFIED_UNDER:
+        forward, reason = PairForward("two_row"), f"not yet verified under {distributed}"
+    else:
+        try:
+            forward, reason = choose_forward(setting, model, config.train.layout_row_tokens)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if accelerator.is_main_process:
+        because = f"; auto fell back: {reason}" if setting == "auto" and reason else ""
+        print(f"forward layout: {forward.describe()}{because}", flush=True)
+    return forward
+
+
 class _Loop:
     """One run after its data is ready: model, reference, optimizer, the steps, checkpoints."""
 
@@ -413,10 +444,11 @@ class _Loop:
         self.config, self.accelerator, self.data, self.folder = config, accelerator, data, folder
         self.loss = loss
         model = load_model_for_training(config, data.facts, data.processing)
+        self.forward = _choose_forward(config, model, accelerator)
         pairs = data.train_pairs + data.eval_pairs
         # Before accelerate wraps the model (one process runs the pass, see mmdpo.reference).
         precomputed = precompute_reference(
-            config, loss.spec, model, pairs, data.collate, folder.path, accelerator
+            config, loss.spec, model, pairs, data.collate, folder.path, accelerator, self.forward
         )
         assert_4bit_trainable(model)  # the precompute pass ran it in eval mode without grad
         self.order = BatchOrder(
@@ -439,7 +471,9 @@ class _Loop:
             ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
             ds_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.reference = build_reference(config, loss.spec, self.model, accelerator, precomputed)
+        self.reference = build_reference(
+            config, loss.spec, self.model, accelerator, precomputed, forward=self.forward
+        )
         # FSDP / DeepSpeed ZeRO: weights gathered by every process, optimizer state per process.
         self.sharding = sharding_for(accelerator, self.model)
         self.start_step = self.skipped = 0
@@ -495,6 +529,7 @@ class _Loop:
             calibration=self.data.calibration,
             batch_size=self.config.train.batch_size,
             device=self.accelerator.device,
+            forward=self.forward,
         )
         assert_4bit_trainable(self.model)
         return stats
@@ -523,6 +558,7 @@ class _Loop:
                         self.reference,
                         average=self.loss.average,
                         calibration=self.data.calibration,
+                        forward=self.forward,
                     )
                 accelerator.backward(obj.loss / len(micro_batches))
             accumulator.add(

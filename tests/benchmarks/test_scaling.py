@@ -76,22 +76,21 @@ def test_case_groups_and_names():
 def test_arms_are_config_switches_and_missing_ones_are_unavailable(monkeypatch):
     known: set[str] = set()
     monkeypatch.setattr(arms, "config_has", lambda key: key in known)
-    # A build without the settings: two-row runs as it is, the others cannot run.
+    # A build without the setting: two-row runs as it is, the others cannot run.
     assert arms.arm_overrides("mmdpo") == []
     assert arms.arm_overrides("mmdpo-shared") is None
-    assert arms.missing_settings("mmdpo-shared-packed") == [arms.SHARED_PROMPT, arms.PADDING_FREE]
-    # A build with both: every arm selects its layout explicitly.
-    known.update({arms.SHARED_PROMPT, arms.PADDING_FREE})
-    assert arms.arm_overrides("mmdpo") == [
-        f"{arms.SHARED_PROMPT}=false",
-        f"{arms.PADDING_FREE}=false",
-    ]
-    assert arms.arm_overrides("mmdpo-shared-packed") == [
-        f"{arms.SHARED_PROMPT}=true",
-        f"{arms.PADDING_FREE}=true",
-    ]
+    assert arms.missing_settings("mmdpo-shared-packed") == [arms.LAYOUT]
+    assert arms.missing_settings("mmdpo") == []
+    # A build with it: every arm selects its layout explicitly.
+    known.add(arms.LAYOUT)
+    assert arms.arm_overrides("mmdpo") == [f"{arms.LAYOUT}=two_row"]
+    assert arms.arm_overrides("mmdpo-shared") == [f"{arms.LAYOUT}=shared_prompt"]
+    assert arms.arm_overrides("mmdpo-shared-packed") == [f"{arms.LAYOUT}=packed"]
     with pytest.raises(SystemExit, match="unknown arm"):
         arms.parse_arms("mmdpo,fast")
+    # This build has the setting.
+    monkeypatch.undo()
+    assert arms.config_has(arms.LAYOUT)
 
 
 def test_config_has_reads_the_engine_config():
