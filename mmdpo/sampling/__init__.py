@@ -1,0 +1,34 @@
+"""Fast batched sampling: a KV cache of row slots, left padding, one prefill per prompt for
+its ``n`` samples, per-row stop strings, finished rows leaving the batch at once, and seeded
+per-sample random streams.
+
+    from mmdpo.sampling import sample
+    result = sample(model, tokenizer, prompts, n=4, max_new_tokens=128, greedy=False,
+                    temperature=0.7, top_k=50, seed=0, batch_size=64)
+    result.texts()          # [[str] * 4 per prompt]
+    result.completions[0][1].token_ids, result.stats.samples_per_s
+
+Modules: ``engine`` (the loop and the public types), ``cache`` (the slot cache), ``choose``
+(greedy and sampled tokens), ``stops`` (EOS, stop strings, the cap), ``inputs`` (prompt
+rendering, encoding and position ids).
+"""
+
+from mmdpo.sampling.engine import (
+    Completion,
+    SamplingResult,
+    SamplingSettings,
+    SamplingStats,
+    sample,
+)
+from mmdpo.sampling.inputs import ChatPrompt
+from mmdpo.sampling.stops import cut_at_stop
+
+__all__ = [
+    "ChatPrompt",
+    "Completion",
+    "SamplingResult",
+    "SamplingSettings",
+    "SamplingStats",
+    "cut_at_stop",
+    "sample",
+]

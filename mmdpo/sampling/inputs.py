@@ -1,0 +1,189 @@
+"""Prompts in, model inputs out: chat rendering, left-padded encoding, position ids.
+
+A prompt is chat messages (rendered with the model's chat template, ending with the
+assistant's opening) or text already rendered, plus the images its messages refer to. The
+rendering and the encoding are those of ``eval.runner`` (the path this engine replaces), so
+both paths feed the model the same token ids.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmdpo.data.transform import FALLBACK_CHAT_TEMPLATE, load_image
+
+
+@dataclass
+class ChatPrompt:
+    """What the model is asked.
+
+    Attributes:
+        messages: chat messages (a message with an image has list content with one
+            ``{"type": "image"}`` per image), or None when ``text`` is given.
+        text: the prompt already rendered (template applied), or None.
+        images: PIL images, paths or bytes, in the order of the image placeholders.
+    """
+
+    messages: list[dict[str, Any]] | None = None
+    text: str | None = None
+    images: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.text is None):
+            raise ValueError("a prompt has either messages or rendered text, not both or neither")
+
+
+def as_prompt(item: Any) -> ChatPrompt:
+    """A ``ChatPrompt`` from one: a rendered string, a list of messages, or any object with
+    ``messages`` (and optionally ``images``) such as ``eval.base.Prompt``."""
+    if isinstance(item, ChatPrompt):
+        return item
+    if isinstance(item, str):
+        return ChatPrompt(text=item)
+    if isinstance(item, list):
+        return ChatPrompt(messages=item)
+    if hasattr(item, "messages"):
+        return ChatPrompt(messages=list(item.messages), images=list(getattr(item, "images", [])))
+    raise TypeError(f"a prompt is a string, a list of messages or a ChatPrompt, not {type(item)}")
+
+
+def tokenizer_of(processing: Any, is_vlm: bool) -> Any:
+    return processing.tokenizer if is_vlm else processing
+
+
+def render(processing: Any, prompt: ChatPrompt, *, is_vlm: bool) -> str:
+    """The prompt's text: its own, or its messages through the chat template with the
+    assistant's opening. Text models get list contents flattened to their text; a
+    tokenizer without a chat template gets the engine's ``User: ... Assistant:`` fallback."""
+    if prompt.text is not None:
+        return prompt.text
+    messages = prompt.messages
+    if not is_vlm:
+        messages = [{**m, "content": message_text(m["content"])} for m in messages]
+    kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
+    if getattr(processing, "chat_template", None) is None:
+        kwargs["chat_template"] = FALLBACK_CHAT_TEMPLATE
+    return processing.apply_chat_template(messages, **kwargs)
+
+
+def message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def encode(
+    processing: Any, texts: list[str], images: list[list[Any]], *, is_vlm: bool
+) -> dict[str, torch.Tensor]:
+    """Left-padded inputs of one prefill batch; images through the processor for VLMs
+    (a batch holds prompts all with images or all without)."""
+    tokenizer = tokenizer_of(processing, is_vlm)
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # every prompt ends in the last column
+    try:
+        if is_vlm and images[0]:
+            opened = [[load_image(image) for image in row] for row in images]
+            return dict(processing(text=texts, images=opened, padding=True, return_tensors="pt"))
+        return dict(tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt"))
+    finally:
+        tokenizer.padding_side = previous_side
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS and the generation config's."""
+    ids: list[int] = []
+    config = getattr(model, "generation_config", None)
+    for value in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
+        for token in [value] if isinstance(value, int) else list(value or []):
+            if token not in ids:
+                ids.append(int(token))
+    return ids
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+def base_model(model: Any) -> Any:
+    """The transformers model inside DDP-style and PEFT wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """How to call one model's forward for prefill and decode.
+
+    Attributes:
+        cache_key: the forward's keyword for the cache (``cache`` in transformers >= 5.x,
+            ``past_key_values`` before).
+        keeps_logits: the forward takes ``logits_to_keep`` (logits of the last position only).
+        rope_index: Qwen2-VL-style multimodal RoPE: the model's ``get_rope_index``, else None.
+    """
+
+    cache_key: str
+    keeps_logits: bool
+    rope_index: Any
+
+    @classmethod
+    def of(cls, model: Any) -> ModelCall:
+        base = base_model(model)
+        parameters = inspect.signature(base.forward).parameters
+        cache_key = "cache" if "cache" in parameters else "past_key_values"
+        inner = getattr(base, "model", None)
+        return cls(
+            cache_key, "logits_to_keep" in parameters, getattr(inner, "get_rope_index", None)
+        )
+
+
+def prefill_positions(
+    call: ModelCall, inputs: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids of a left-padded prefill batch, as ``generate`` computes them, and the
+    position of each row's next token.
+
+    Text positions count real tokens (``cumsum(mask) - 1``, pads at 0). Multimodal RoPE
+    models get ``[text; temporal; height; width]`` rows (shape (4, P, T)) from their
+    ``get_rope_index``, and their next position is shifted by the image's ``rope_deltas``.
+
+    Returns:
+        ``(position_ids, next_positions)``: shape (P, T) or (4, P, T), and shape (P,).
+    """
+    mask = inputs["attention_mask"]
+    text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    next_positions = mask.long().sum(-1)
+    if call.rope_index is None:
+        return text, next_positions
+    if inputs.get("image_grid_thw") is not None and inputs.get("mm_token_type_ids") is not None:
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values")}
+        vision, deltas = call.rope_index(inputs["input_ids"], **extra)
+        next_positions = next_positions + deltas.reshape(-1).to(next_positions.device)
+    else:
+        vision = text.unsqueeze(0).expand(3, -1, -1)
+    return torch.cat([text.unsqueeze(0), vision.to(text.device)], dim=0), next_positions
+
+
+def decode_positions(call: ModelCall, next_positions: torch.Tensor) -> torch.Tensor:
+    """Position ids of one decode step. Shape: (S, 1), or (3, S, 1) for multimodal RoPE."""
+    positions = next_positions.unsqueeze(-1)
+    return positions.unsqueeze(0).expand(3, -1, -1) if call.rope_index is not None else positions
+
+
+def forward(model: Any, call: ModelCall, cache: Any, **inputs: Any) -> torch.Tensor:
+    """The model's next-token logits (float32), the cache filled in place. Shape: (B, V)."""
+    if call.keeps_logits:
+        inputs["logits_to_keep"] = 1
+    output = model(**inputs, **{call.cache_key: cache}, use_cache=True)
+    return output.logits[:, -1].float()
+
+
+def group_key(prompt: ChatPrompt) -> bool:
+    """Prompts that can share a prefill batch (processors cannot pad image and text-only
+    prompts together)."""
+    return bool(prompt.images)
