@@ -10,6 +10,7 @@ waits the dead slots are dropped, so no step computes a finished row for long.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from mmdpo.sampling.inputs import (
     eos_token_ids,
     forward,
     group_key,
+    ignored_generation_settings,
     prefill_positions,
     render,
     tokenizer_of,
@@ -185,6 +187,13 @@ def sample(
         max_new_tokens, n, greedy, temperature, top_k, top_p, seed, tuple(stop), batch_size
     )
     model.eval()
+    ignored = ignored_generation_settings(model)
+    if ignored:
+        warnings.warn(
+            f"mmdpo.sampling ignores these settings of the model's generation config, which "
+            f"model.generate would apply: {ignored}",
+            stacklevel=2,
+        )
     sampler = _Sampler(model, processing, [as_prompt(p) for p in prompts], settings, is_vlm)
     if eos_ids is not None:
         sampler.check.eos_ids = frozenset(eos_ids)

@@ -104,6 +104,35 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
+# Settings of a checkpoint's generation config that ``model.generate`` would apply and this
+# engine does not, with the value that means "off".
+_UNSUPPORTED_GENERATION = {
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "sequence_bias": None,
+    "exponential_decay_length_penalty": None,
+}
+
+
+def ignored_generation_settings(model: Any) -> dict[str, Any]:
+    """The model's generation-config settings (repetition penalty, banned words, ...) that
+    ``generate`` would apply but this engine ignores."""
+    config = getattr(model, "generation_config", None)
+    ignored = {}
+    for name, off in _UNSUPPORTED_GENERATION.items():
+        value = getattr(config, name, off)
+        if value not in (off, None):
+            ignored[name] = value
+    return ignored
+
+
 # ---------------------------------------------------------------------------- the model
 
 

@@ -123,6 +123,32 @@ def test_greedy_token_ids_equal_todays_path_vlm(sharp_model_dir, family):
     assert result.stats.prefill_rows == len(prompts)
 
 
+def test_greedy_parity_with_a_lora_adapter(sharp_model_dir):
+    """A PEFT-wrapped model (as ``load_for_eval`` gives with an adapter), LoRA not zero."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer, _ = load_policy(sharp_model_dir("llama"), prepare_for_training=False)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(model, config)
+    prompts = [user_prompt(text) for text in PROMPTS[:3]]
+    texts, ids = todays_ids(model, tokenizer, prompts, max_new_tokens=16, batch_size=3)
+    result = sample(model, tokenizer, prompts, max_new_tokens=16, batch_size=2)
+    assert [c[0].token_ids for c in result.completions] == ids
+    with model.disable_adapter():
+        plain = sample(model, tokenizer, prompts, max_new_tokens=16, batch_size=2)
+    assert [c[0].token_ids for c in plain.completions] != ids, "the adapter changes outputs"
+
+
+def test_generation_config_settings_it_ignores_are_named(sharp_llama):
+    model, tokenizer = sharp_llama
+    model.generation_config.repetition_penalty = 1.3
+    try:
+        with pytest.warns(UserWarning, match="repetition_penalty"):
+            sample(model, tokenizer, ["Hi"], max_new_tokens=2)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+
+
 def test_left_padding_batch_equals_each_prompt_alone(sharp_llama):
     """Prompts of different lengths: one batch, slots refilled (batch of 2), and alone."""
     model, tokenizer = sharp_llama
