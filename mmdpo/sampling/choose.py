@@ -37,12 +37,12 @@ def filtered_probs(
         vocabulary in order (C == V). With ``top_k`` the candidates are the k best tokens
         (a tie with the k-th value beyond k is dropped, where transformers keeps it).
     """
-    scores = logits.float()
+    scores, token_ids = logits.float(), None
+    if top_k is not None and top_k < scores.shape[-1]:
+        # before the temperature (a positive scale keeps the order): k values to divide, not V
+        scores, token_ids = scores.topk(top_k, dim=-1)  # sorted, best first
     if temperature != 1.0:
         scores = scores / temperature
-    token_ids = None
-    if top_k is not None and top_k < scores.shape[-1]:
-        scores, token_ids = scores.topk(top_k, dim=-1)  # sorted, best first
     if top_p < 1.0:
         ascending, order = scores.sort(dim=-1)
         cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)

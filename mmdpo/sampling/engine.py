@@ -200,6 +200,50 @@ def sample(
     return sampler.run(progress, desc)
 
 
+GENERATE_DEFAULT_TOP_K = 50  # transformers' GenerationConfig default when a model sets none
+
+
+def generate_top_k(model: Any) -> int | None:
+    """The top-k that ``model.generate(do_sample=True)`` applies: the model's generation
+    config's, else transformers' default 50; None when it is 0 (off)."""
+    value = getattr(getattr(model, "generation_config", None), "top_k", None)
+    value = GENERATE_DEFAULT_TOP_K if value is None else int(value)
+    return value or None
+
+
+def generate_texts(
+    model: Any,
+    processing: Any,
+    prompts: Sequence[Any],
+    *,
+    is_vlm: bool,
+    max_new_tokens: int,
+    stop: Sequence[str] = (),
+    num_samples: int = 1,
+    batch_size: int = 8,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None | str = "generate",
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "generating",
+) -> tuple[list[str], dict[str, Any]]:
+    """``sample`` in the shape of today's generation (``eval.runner.generate``,
+    ``mmdpo.inference.generate_texts``): responses flat, prompt ``i``'s at
+    ``i * num_samples`` onwards, and stats with ``n``, ``seconds``, ``samples_per_s``,
+    ``new_tokens``, ``tokens_per_s`` (plus the engine's counts). ``top_k="generate"``
+    samples with the top-k ``model.generate`` would use (``generate_top_k``)."""
+    if top_k == "generate":
+        top_k = None if greedy else generate_top_k(model)
+    result = sample(
+        model, processing, prompts, n=num_samples, max_new_tokens=max_new_tokens,
+        greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        stop=stop, batch_size=batch_size, is_vlm=is_vlm, progress=progress, desc=desc,
+    )  # fmt: skip
+    return [text for texts in result.texts() for text in texts], result.stats.as_dict()
+
+
 @dataclass
 class _Row:
     """A sample being generated."""

@@ -55,10 +55,11 @@ def tokenizer_of(processing: Any, is_vlm: bool) -> Any:
     return processing.tokenizer if is_vlm else processing
 
 
-def render(processing: Any, prompt: ChatPrompt, *, is_vlm: bool) -> str:
+def render(processing: Any, prompt: Any, *, is_vlm: bool) -> str:
     """The prompt's text: its own, or its messages through the chat template with the
     assistant's opening. Text models get list contents flattened to their text; a
     tokenizer without a chat template gets the engine's ``User: ... Assistant:`` fallback."""
+    prompt = as_prompt(prompt)
     if prompt.text is not None:
         return prompt.text
     messages = prompt.messages

