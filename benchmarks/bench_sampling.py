@@ -15,7 +15,9 @@ K copies of each prompt, seeded, through today's ``generate`` in batches of ``--
 ``n=K, top_k=50`` (the same distribution) and ``--batch-size`` rows. The two alternate
 (A B B A ...), each run timed for wall and CPU time with the load average before it; medians
 are reported. The runs share one process and one loaded model; ``--threads`` (default 1)
-torch threads.
+torch threads. ``--new-dtype bfloat16`` runs the new path on bfloat16 weights (AMX/AVX512-BF16
+matmuls on CPUs that have them) against today's path on ``--dtype``: faster, but no longer
+the same numbers, so the greedy check then measures how often the outputs still agree.
 
 Greedy check (``--greedy-prompts``, default 16; 0: off): both paths answer the held-out-style
 prompts greedily (today: ``generate`` in batches of ``--today-batch``) and their token ids
@@ -95,7 +97,7 @@ def run_new(loaded: Any, items: list[Any], args: argparse.Namespace) -> dict[str
     from mmdpo.sampling import sample
 
     result = sample(
-        loaded.model,
+        loaded.new_model,
         loaded.processing,
         [item.prompt for item in items],
         n=args.k,
@@ -178,7 +180,7 @@ def greedy_check(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     def new_path():
         result = sample(
-            model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+            loaded.new_model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
         )  # fmt: skip
         holder["ids"] = [c[0].token_ids for c in result.completions]
@@ -253,7 +255,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="rows of the new path (64)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each path (3)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="float32", help="weights dtype (float32)")
+    parser.add_argument(
+        "--new-dtype", help="weights dtype of the new path only (e.g. bfloat16; default --dtype)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--greedy-prompts", type=int, default=16, help="0: no greedy check")
     parser.add_argument("--profile", action="store_true", help="profile one run of each path")
@@ -267,7 +272,12 @@ def main() -> None:
     transformers_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     model, tokenizer, _ = load_policy(args.model, dtype=args.dtype, prepare_for_training=False)
-    loaded = SimpleNamespace(model=model.eval(), processing=tokenizer, is_vlm=False)
+    new_model = model
+    if args.new_dtype and args.new_dtype != args.dtype:
+        new_model, _, _ = load_policy(args.model, dtype=args.new_dtype, prepare_for_training=False)
+    loaded = SimpleNamespace(
+        model=model.eval(), new_model=new_model.eval(), processing=tokenizer, is_vlm=False
+    )
     items = smol_prompts(args.task, args.n_prompts, args.seed, "train")
     header = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
