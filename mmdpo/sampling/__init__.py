@@ -21,6 +21,7 @@ from mmdpo.sampling.engine import (
     generate_texts,
     generate_top_k,
     sample,
+    supports,
 )
 from mmdpo.sampling.inputs import ChatPrompt
 from mmdpo.sampling.stops import cut_at_stop
@@ -35,4 +36,5 @@ __all__ = [
     "generate_texts",
     "generate_top_k",
     "sample",
+    "supports",
 ]

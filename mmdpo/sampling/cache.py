@@ -14,8 +14,17 @@ Columns on the left that no row uses any more leave the window (``trim``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+
+def unsupported_layers(config: Any) -> list[str]:
+    """Cache layer kinds of a model (its config) that slots cannot hold: sliding-window and
+    linear-attention layers. Empty for full-attention decoders."""
+    layers = DynamicCache(config=config).layers
+    return sorted({type(layer).__name__ for layer in layers if type(layer) is not DynamicLayer})
 
 
 class SlotLayer(DynamicLayer):

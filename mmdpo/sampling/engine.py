@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
-from mmdpo.sampling.cache import SlotCache
+from mmdpo.sampling.cache import SlotCache, unsupported_layers
 from mmdpo.sampling.choose import choose_tokens, sample_generator
 from mmdpo.sampling.inputs import (
     ChatPrompt,
@@ -200,6 +200,11 @@ def sample(
     return sampler.run(progress, desc)
 
 
+def supports(model: Any) -> bool:
+    """Whether ``sample`` can run this model (a full-attention decoder cache)."""
+    return not unsupported_layers(_base_config(model))
+
+
 GENERATE_DEFAULT_TOP_K = 50  # transformers' GenerationConfig default when a model sets none
 
 
@@ -280,6 +285,12 @@ class _Sampler:
         settings: SamplingSettings,
         is_vlm: bool,
     ) -> None:
+        unsupported = unsupported_layers(_base_config(model))
+        if unsupported:
+            raise NotImplementedError(
+                f"mmdpo.sampling holds full-attention caches only; this model's cache has "
+                f"{', '.join(unsupported)} (use transformers' generate for it)"
+            )
         self.model, self.processing, self.prompts = model, processing, prompts
         self.settings, self.is_vlm = settings, is_vlm
         self.call = ModelCall.of(model)

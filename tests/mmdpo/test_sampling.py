@@ -366,6 +366,21 @@ def test_generate_texts_is_todays_shape_with_generates_top_k(sharp_llama):
         model.generation_config.top_k = None
 
 
+def test_sliding_window_models_are_refused_before_any_work(tokenizer):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from mmdpo.sampling import supports
+
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+    )  # fmt: skip
+    model = MistralForCausalLM(config)
+    assert not supports(model)
+    with pytest.raises(NotImplementedError, match="DynamicSlidingWindowLayer"):
+        sample(model, tokenizer, ["Hi"], max_new_tokens=2)
+
+
 def test_settings_are_checked():
     for bad in ({"n": 0}, {"max_new_tokens": 0}, {"top_p": 0.0}, {"top_k": 0}):
         with pytest.raises(ValueError):
