@@ -146,6 +146,10 @@ def test_greedy_token_ids_equal_todays_path_vlm(sharp_model_dir, family):
     assert [c[0].token_ids for c in result.completions] == ids
     assert [c[0].text for c in result.completions] == texts
     assert result.stats.prefill_rows == len(prompts)
+    # two samples per prompt from one prefill (cache rows copied, M-RoPE offsets per row)
+    pairs = sample(model, processor, prompts, n=2, max_new_tokens=12, batch_size=4, is_vlm=True)
+    assert [[c.token_ids for c in two] for two in pairs.completions] == [[i, i] for i in ids]
+    assert pairs.stats.prefill_rows == len(prompts)
 
 
 def test_greedy_parity_with_a_lora_adapter(sharp_model_dir):
