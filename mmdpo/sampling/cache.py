@@ -8,7 +8,8 @@ a decode step writes one column in place, and attention reads the window of colu
 ``end - 1``, and ``mask`` (slots, capacity) says which columns of a row are real tokens.
 
 A finished row's slot is reused by a new prompt's prefilled keys (right-aligned at ``end``),
-so the batch stays full while prompts wait; ``keep`` drops dead slots when none wait.
+so the batch stays full while prompts wait; ``keep`` drops dead slots when none wait (moving
+the last live rows into the holes, so only moved rows are copied).
 Columns on the left that no row uses any more leave the window (``trim``).
 """
 
@@ -126,13 +127,33 @@ class SlotCache(DynamicCache):
         """The step's keys and values are written: the window ends ``tokens`` further on."""
         self.end += tokens
 
-    def keep(self, slots: list[int]) -> None:
-        """Only ``slots`` stay, in this order (their buffers copied once)."""
-        index = torch.tensor(slots, device=self.mask.device)
+    def keep(self, live: list[int]) -> list[int]:
+        """Only the ``live`` slots stay: live rows past the first ``len(live)`` slots move into
+        the dead slots before them (a copy of the moved rows only), and the buffers are cut to
+        ``len(live)`` rows.
+
+        Returns:
+            ``order``: new slot i holds what old slot ``order[i]`` held.
+        """
+        count, alive = len(live), set(live)
+        holes = [slot for slot in range(count) if slot not in alive]
+        movers = [slot for slot in live if slot >= count]
+        order = list(range(count))
+        for hole, mover in zip(holes, movers, strict=True):
+            order[hole] = mover
+        if holes:
+            to = torch.tensor(holes, device=self.mask.device)
+            source = torch.tensor(movers, device=self.mask.device)
+            window = slice(self.start, self.end)
+            for layer in self.layers:
+                layer.key_buffer[to, :, window] = layer.key_buffer[source, :, window]
+                layer.value_buffer[to, :, window] = layer.value_buffer[source, :, window]
+            self.mask[to] = self.mask[source]
         for layer in self.layers:
-            layer.key_buffer = layer.key_buffer.index_select(0, index)
-            layer.value_buffer = layer.value_buffer.index_select(0, index)
-        self.mask = self.mask.index_select(0, index)
+            layer.key_buffer = layer.key_buffer[:count]
+            layer.value_buffer = layer.value_buffer[:count]
+        self.mask = self.mask[:count]
+        return order
 
     def trim(self, live: list[int]) -> None:
         """Drop columns on the left that none of the ``live`` slots uses."""

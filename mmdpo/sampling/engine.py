@@ -4,7 +4,7 @@ The loop keeps up to ``batch_size`` rows decoding. A prompt is prefilled once (l
 with the other prompts admitted at the same time, its images encoded there), and its ``n``
 samples start from copies of that prefill's keys and values. A row that ends (EOS, a stop
 string, the token cap) leaves at once; its slot goes to the next waiting prompt, and when none
-waits the dead slots are dropped, so no step computes a finished row for long.
+waits the dead slot is dropped, so no step computes a finished row.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ class SamplingStats:
         prefill_forwards, prefill_rows: prefill forward calls and the prompt rows in them.
         decode_steps, decode_rows: decode forward calls and the rows they computed.
         live_rows: rows computed for a sample still going (decode_rows minus dead slots).
+        prefill_seconds: wall time of the prefills (encoding and images included).
     """
 
     prompts: int = 0
@@ -119,6 +120,7 @@ class SamplingStats:
     decode_steps: int = 0
     decode_rows: int = 0
     live_rows: int = 0
+    prefill_seconds: float = 0.0
 
     @property
     def samples_per_s(self) -> float:
@@ -134,6 +136,7 @@ class SamplingStats:
             **asdict(self),
             "n": self.samples,
             "seconds": round(self.seconds, 3),
+            "prefill_seconds": round(self.prefill_seconds, 3),
             "samples_per_s": round(self.samples_per_s, 4),
             "tokens_per_s": round(self.tokens_per_s, 2),
         }
@@ -361,6 +364,7 @@ class _Sampler:
         self, chosen: list[int]
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward over the chosen prompts; (cache, mask, next positions, last logits)."""
+        started = time.perf_counter()
         texts = [self.texts[i] for i in chosen]
         images = [self.prompts[i].images for i in chosen]
         inputs = encode(self.processing, texts, images, is_vlm=self.is_vlm)
@@ -371,6 +375,7 @@ class _Sampler:
         self.stats.prefill_forwards += 1
         self.stats.prefill_rows += len(chosen)
         self.stats.prompt_tokens += int(inputs["attention_mask"].sum())
+        self.stats.prefill_seconds += time.perf_counter() - started
         return cache, inputs["attention_mask"], next_positions, logits
 
     def _generator(self, prompt: int, index: int) -> torch.Generator:
@@ -460,20 +465,18 @@ class _Sampler:
         return True
 
     def _shrink(self) -> None:
-        """Drop dead slots once no prompt waits for them (when they are an eighth of the
-        live rows or more); let unused columns on the left go."""
+        """Drop dead slots once no prompt waits for them; let unused columns on the left go."""
         batch = self.batch
         live = batch.live()
         if not live:
             return
-        dead = len(batch.rows) - len(live)
-        if not self.queue and dead * 8 >= len(live):
-            batch.cache.keep(live)
-            index = torch.tensor(live, device=self.device)
-            batch.rows = [batch.rows[slot] for slot in live]
+        if not self.queue and len(live) < len(batch.rows):
+            order = batch.cache.keep(live)
+            index = torch.tensor(order, device=self.device)
+            batch.rows = [batch.rows[slot] for slot in order]
             batch.next_positions = batch.next_positions[index]
             batch.last_tokens = batch.last_tokens[index]
-            live = list(range(len(live)))
+            live = list(range(len(order)))
         batch.cache.trim(live)
 
 

@@ -425,12 +425,18 @@ def test_slot_cache_places_trims_keeps_and_grows():
         cache.layers[0].update(torch.full((3, 1, 1, 1), value), torch.zeros(3, 1, 1, 1))
         cache.advance()
     assert cache.capacity > capacity
-    cache.keep([0, 1])  # the wide row leaves
+    order = cache.keep([1, 2])  # row 0 leaves: the last live row moves into its slot
+    assert order == [2, 1] and cache.slots == 2
     cache.trim([0, 1])
     window = cache.layers[0].key_buffer[:, 0, cache.start : cache.end, 0]
-    assert window[1].tolist() == [103.0, 104.0, 105.0, 7.0, 8.0, 9.0]
-    assert window[0].tolist() == [100.0, 101.0, 102.0, 7.0, 8.0, 9.0]
-    assert cache.mask[0, cache.start : cache.end].tolist() == [False] + [True] * 5
+    # the wide row's padding column is used by no row any more: the window starts after it
+    assert window[0].tolist() == [201.0, 202.0, 203.0, 204.0, 7.0, 8.0, 9.0]
+    assert window[1].tolist() == [0.0, 103.0, 104.0, 105.0, 7.0, 8.0, 9.0]
+    assert cache.mask[1, cache.start : cache.end].tolist() == [False] + [True] * 6
+    cache.keep([1])  # the wide row leaves; the other row moves to slot 0
+    cache.trim([0])
+    window = cache.layers[0].key_buffer[:, 0, cache.start : cache.end, 0]
+    assert window.tolist() == [[103.0, 104.0, 105.0, 7.0, 8.0, 9.0]]
 
 
 # ---------------------------------------------------------------------------- the real model
