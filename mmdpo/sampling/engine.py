@@ -32,10 +32,10 @@ from mmdpo.sampling.inputs import (
     forward,
     group_key,
     ignored_generation_settings,
-    prefill_positions,
     render,
     tokenizer_of,
 )
+from mmdpo.sampling.prefill import prefill
 from mmdpo.sampling.stops import FinishCheck
 
 
@@ -104,7 +104,10 @@ class SamplingStats:
         seconds: wall time of the whole call.
         new_tokens: generated tokens (EOS included); prompt_tokens: real prompt tokens
             prefilled (each prompt once; image tokens included for VLMs).
-        prefill_forwards, prefill_rows: prefill forward calls and the prompt rows in them.
+        prefill_forwards, prefill_rows: prefill forward calls and the prompt rows in them
+            (a prefix shared by a prefill's prompts is one more call, of one row).
+        shared_prefix_tokens: prompt tokens computed once for all prompts of a prefill
+            (a common system prompt), summed over prefills.
         decode_steps, decode_rows: decode forward calls and the rows they computed.
         live_rows: rows computed for a sample still going (decode_rows minus dead slots).
         prefill_seconds: wall time of the prefills (encoding and images included).
@@ -117,6 +120,7 @@ class SamplingStats:
     prompt_tokens: int = 0
     prefill_forwards: int = 0
     prefill_rows: int = 0
+    shared_prefix_tokens: int = 0
     decode_steps: int = 0
     decode_rows: int = 0
     live_rows: int = 0
@@ -363,20 +367,19 @@ class _Sampler:
     def _prefill(
         self, chosen: list[int]
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One forward over the chosen prompts; (cache, mask, next positions, last logits)."""
+        """The chosen prompts through the model; (cache, mask, next positions, last logits)."""
         started = time.perf_counter()
         texts = [self.texts[i] for i in chosen]
         images = [self.prompts[i].images for i in chosen]
         inputs = encode(self.processing, texts, images, is_vlm=self.is_vlm)
         inputs = {key: value.to(self.device) for key, value in inputs.items()}
-        position_ids, next_positions = prefill_positions(self.call, inputs)
-        cache = DynamicCache(config=_base_config(self.model))
-        logits = forward(self.model, self.call, cache, **inputs, position_ids=position_ids)
-        self.stats.prefill_forwards += 1
+        done = prefill(self.model, self.call, _base_config(self.model), inputs)
+        self.stats.prefill_forwards += done.forwards
         self.stats.prefill_rows += len(chosen)
+        self.stats.shared_prefix_tokens += done.shared
         self.stats.prompt_tokens += int(inputs["attention_mask"].sum())
         self.stats.prefill_seconds += time.perf_counter() - started
-        return cache, inputs["attention_mask"], next_positions, logits
+        return done.cache, done.mask, done.next_positions, done.logits
 
     def _generator(self, prompt: int, index: int) -> torch.Generator:
         return sample_generator(self.settings.seed, prompt, index)

@@ -178,6 +178,48 @@ def test_generation_config_settings_it_ignores_are_named(sharp_llama):
         model.generation_config.repetition_penalty = 1.0
 
 
+SYSTEM = "You are a careful assistant. Answer in one short sentence and check every number."
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_shared_system_prompt_is_prefilled_once(sharp_model_dir, family):
+    """Prompts that begin with the same system prompt: the common prefix goes through the
+    model once (one row), the rest per prompt, and the token ids stay today's."""
+    model, tokenizer, _ = load_policy(sharp_model_dir(family), prepare_for_training=False)
+    prompts = [
+        ChatPrompt(messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": t}])
+        for t in PROMPTS
+    ]
+    texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=16, batch_size=5)
+    counter = RowCounter(model)
+    try:
+        result = sample(model, tokenizer, prompts, max_new_tokens=16, batch_size=5)
+    finally:
+        counter.handle.remove()
+    assert [c[0].token_ids for c in result.completions] == ids
+    assert [c[0].text for c in result.completions] == texts
+    shared = len(tokenizer(f"<|im_start|>system\n{SYSTEM}").input_ids)
+    assert result.stats.shared_prefix_tokens >= shared - 1
+    assert result.stats.prefill_forwards == counter.prefill_calls == 2
+    assert counter.prefill_rows == 1 + len(prompts), "the prefix once, then each prompt's rest"
+    alone = [sample(model, tokenizer, [p], max_new_tokens=16).completions[0][0] for p in prompts]
+    assert [c.token_ids for c in alone] == ids
+
+
+def test_prefix_first_moves_the_padding_after_the_shared_prefix():
+    from mmdpo.sampling.prefill import prefix_first, shared_prefix
+
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8, 9], [5, 6, 7, 1, 2, 3, 4], [0, 5, 6, 7, 8, 2, 2]])
+    mask = (ids != 0).long()
+    assert shared_prefix({"input_ids": ids, "attention_mask": mask}) == 3  # 5 6 7
+    moved, moved_mask = prefix_first(ids, mask, 3)
+    assert moved.tolist() == [[5, 6, 7, 0, 0, 8, 9], [5, 6, 7, 1, 2, 3, 4], [5, 6, 7, 0, 8, 2, 2]]
+    assert moved_mask.tolist() == [[1, 1, 1, 0, 0, 1, 1], [1] * 7, [1, 1, 1, 0, 1, 1, 1]]
+    same = torch.tensor([[4, 5, 6], [4, 5, 6]])
+    one_left = {"input_ids": same, "attention_mask": torch.ones_like(same)}
+    assert shared_prefix(one_left) == 2, "each row keeps a token for the second forward"
+
+
 def test_left_padding_batch_equals_each_prompt_alone(sharp_llama):
     """Prompts of different lengths: one batch, slots refilled (batch of 2), and alone."""
     model, tokenizer = sharp_llama
