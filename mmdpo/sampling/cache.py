@@ -157,7 +157,8 @@ class SlotCache(DynamicCache):
 
     def trim(self, live: list[int]) -> None:
         """Drop columns on the left that none of the ``live`` slots uses."""
-        used = self.mask[live, self.start : self.end].any(dim=0)
+        rows = self.mask if len(live) == self.slots else self.mask[live]
+        used = rows[:, self.start : self.end].any(dim=0)
         if not bool(used.any()):
             return
         first = int(used.to(torch.uint8).argmax())

@@ -432,8 +432,11 @@ class _Sampler:
         self.stats.decode_rows += len(batch.rows)
         self.stats.live_rows += len(live)
         rows = [batch.rows[slot] for slot in live]
-        tokens = self._append_tokens(rows, logits[live])
-        batch.last_tokens[torch.tensor(live, device=self.device)] = tokens
+        if len(live) == len(batch.rows):  # no dead slot: no copy of the (rows, vocab) logits
+            batch.last_tokens = self._append_tokens(rows, logits)
+        else:
+            index = torch.tensor(live, device=self.device)
+            batch.last_tokens[index] = self._append_tokens(rows, logits[index])
         finished = False
         for slot, row in zip(live, rows, strict=True):
             if self._finish_if_done(row):
