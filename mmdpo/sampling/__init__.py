@@ -9,8 +9,9 @@ per-sample random streams.
     result.completions[0][1].token_ids, result.stats.samples_per_s
 
 Modules: ``engine`` (the loop and the public types), ``cache`` (the slot cache), ``choose``
-(greedy and sampled tokens), ``stops`` (EOS, stop strings, the cap), ``inputs`` (prompt
-rendering, encoding and position ids).
+(greedy and sampled tokens), ``stops`` (EOS, stop strings, the cap), ``inputs`` (prompts,
+position ids, the model's call). Rendering, encoding, EOS ids and stop-string cuts are
+today's generation's (``mmdpo.generation``), so both paths see the same tokens.
 """
 
 from mmdpo.sampling.engine import (
@@ -24,7 +25,6 @@ from mmdpo.sampling.engine import (
     supports,
 )
 from mmdpo.sampling.inputs import ChatPrompt
-from mmdpo.sampling.stops import cut_at_stop
 
 __all__ = [
     "ChatPrompt",
@@ -32,7 +32,6 @@ __all__ = [
     "SamplingResult",
     "SamplingSettings",
     "SamplingStats",
-    "cut_at_stop",
     "generate_texts",
     "generate_top_k",
     "sample",

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
+from mmdpo.generation import encode_batch, eos_token_ids, throughput, tokenizer_of
 from mmdpo.sampling.cache import SlotCache, unsupported_layers
 from mmdpo.sampling.choose import choose_tokens, sample_generator
 from mmdpo.sampling.inputs import (
@@ -27,13 +28,10 @@ from mmdpo.sampling.inputs import (
     as_prompt,
     base_model,
     decode_positions,
-    encode,
-    eos_token_ids,
     forward,
     group_key,
     ignored_generation_settings,
     render,
-    tokenizer_of,
 )
 from mmdpo.sampling.prefill import prefill
 from mmdpo.sampling.stops import FinishCheck
@@ -135,14 +133,12 @@ class SamplingStats:
         return self.new_tokens / self.seconds if self.seconds else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        """The fields plus the two rates; ``n``, as ``eval.runner.generate`` names it."""
+        """The fields plus today's generation stats (``mmdpo.generation.throughput``: ``n``,
+        ``seconds``, ``samples_per_s``, ``new_tokens``, ``tokens_per_s``)."""
         return {
             **asdict(self),
-            "n": self.samples,
-            "seconds": round(self.seconds, 3),
+            **throughput(self.samples, self.seconds, self.new_tokens),
             "prefill_seconds": round(self.prefill_seconds, 3),
-            "samples_per_s": round(self.samples_per_s, 4),
-            "tokens_per_s": round(self.tokens_per_s, 2),
         }
 
 
@@ -241,7 +237,7 @@ def generate_texts(
     progress: bool = True,
     desc: str = "generating",
 ) -> tuple[list[str], dict[str, Any]]:
-    """``sample`` in the shape of today's generation (``eval.runner.generate``,
+    """``sample`` in the shape of today's generation (``mmdpo.generation.generate``,
     ``mmdpo.inference.generate_texts``): responses flat, prompt ``i``'s at
     ``i * num_samples`` onwards, and stats with ``n``, ``seconds``, ``samples_per_s``,
     ``new_tokens``, ``tokens_per_s`` (plus the engine's counts). ``top_k="generate"``
@@ -370,8 +366,8 @@ class _Sampler:
         """The chosen prompts through the model; (cache, mask, next positions, last logits)."""
         started = time.perf_counter()
         texts = [self.texts[i] for i in chosen]
-        images = [self.prompts[i].images for i in chosen]
-        inputs = encode(self.processing, texts, images, is_vlm=self.is_vlm)
+        prompts = [self.prompts[i] for i in chosen]
+        inputs = encode_batch(self.processing, texts, prompts, self.is_vlm)
         inputs = {key: value.to(self.device) for key, value in inputs.items()}
         done = prefill(self.model, self.call, _base_config(self.model), inputs)
         self.stats.prefill_forwards += done.forwards

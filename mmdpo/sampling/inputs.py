@@ -1,9 +1,8 @@
-"""Prompts in, model inputs out: chat rendering, left-padded encoding, position ids.
+"""Prompts in, model inputs out: prompts as ``ChatPrompt``, position ids, the model's call.
 
-A prompt is chat messages (rendered with the model's chat template, ending with the
-assistant's opening) or text already rendered, plus the images its messages refer to. The
-rendering and the encoding are those of ``eval.runner`` (the path this engine replaces), so
-both paths feed the model the same token ids.
+Rendering, encoding and EOS ids are today's generation's (``mmdpo.generation``): the chat
+template with the assistant's opening, left-padded batches, images through the processor. So
+both paths feed the model the same token ids. A prompt may also come already rendered (text).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mmdpo.data.transform import FALLBACK_CHAT_TEMPLATE, load_image
+from mmdpo.generation import render_prompt
 
 
 @dataclass
@@ -51,58 +50,13 @@ def as_prompt(item: Any) -> ChatPrompt:
     raise TypeError(f"a prompt is a string, a list of messages or a ChatPrompt, not {type(item)}")
 
 
-def tokenizer_of(processing: Any, is_vlm: bool) -> Any:
-    return processing.tokenizer if is_vlm else processing
-
-
 def render(processing: Any, prompt: Any, *, is_vlm: bool) -> str:
-    """The prompt's text: its own, or its messages through the chat template with the
-    assistant's opening. Text models get list contents flattened to their text; a
-    tokenizer without a chat template gets the engine's ``User: ... Assistant:`` fallback."""
+    """The prompt's text: its own, or its messages rendered as today's generation renders
+    them (``mmdpo.generation.render_prompt``)."""
     prompt = as_prompt(prompt)
     if prompt.text is not None:
         return prompt.text
-    messages = prompt.messages
-    if not is_vlm:
-        messages = [{**m, "content": message_text(m["content"])} for m in messages]
-    kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
-    if getattr(processing, "chat_template", None) is None:
-        kwargs["chat_template"] = FALLBACK_CHAT_TEMPLATE
-    return processing.apply_chat_template(messages, **kwargs)
-
-
-def message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
-
-
-def encode(
-    processing: Any, texts: list[str], images: list[list[Any]], *, is_vlm: bool
-) -> dict[str, torch.Tensor]:
-    """Left-padded inputs of one prefill batch; images through the processor for VLMs
-    (a batch holds prompts all with images or all without)."""
-    tokenizer = tokenizer_of(processing, is_vlm)
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # every prompt ends in the last column
-    try:
-        if is_vlm and images[0]:
-            opened = [[load_image(image) for image in row] for row in images]
-            return dict(processing(text=texts, images=opened, padding=True, return_tensors="pt"))
-        return dict(tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt"))
-    finally:
-        tokenizer.padding_side = previous_side
-
-
-def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every id that ends a response: the tokenizer's EOS and the generation config's."""
-    ids: list[int] = []
-    config = getattr(model, "generation_config", None)
-    for value in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
-        for token in [value] if isinstance(value, int) else list(value or []):
-            if token not in ids:
-                ids.append(int(token))
-    return ids
+    return render_prompt(processing, prompt, is_vlm=is_vlm)
 
 
 # Settings of a checkpoint's generation config that ``model.generate`` would apply and this

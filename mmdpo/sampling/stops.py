@@ -2,7 +2,7 @@
 
 A stop string ends a sample at the token that completes its first occurrence in the generated
 text; the response text is cut before it. This is ``generate(stop_strings=...)`` followed by
-``eval.runner.cut_at_stop``, except that transformers also matches a stop string that begins
+``mmdpo.generation.cut_at_stop``, except that transformers also matches a stop string that begins
 inside the prompt, which no response contains; here only generated text counts.
 """
 
@@ -11,11 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """``text`` up to the earliest stop string (the stop string itself removed)."""
-    cut = min((index for s in stop if s and (index := text.find(s)) >= 0), default=len(text))
-    return text[:cut]
+from mmdpo.generation import cut_at_stop
 
 
 class FinishCheck:
@@ -49,6 +45,6 @@ class FinishCheck:
 
     def text(self, tokens: list[int]) -> str:
         """The response: decoded without special tokens, cut at the first stop string,
-        stripped (as ``eval.runner.generate`` returns it)."""
+        stripped (as ``mmdpo.generation.generate`` returns it)."""
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return cut_at_stop(text, self.stop).strip()

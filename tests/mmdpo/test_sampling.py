@@ -1,9 +1,9 @@
 """Batched sampling (mmdpo.sampling) against today's path, on tiny models with sharp attention.
 
-Today's path (``eval.runner.generate``; ``mmdpo.generation.generate`` after the inference
-refactor) is transformers' ``generate`` on left-padded batches; ``reference_generate`` below
-spells it out with the same settings, so token ids, not only texts, can be compared, and so
-that these tests keep their reference when the interface switches to the new engine.
+Today's path (``mmdpo.generation.generate``) is transformers' ``generate`` on left-padded
+batches; ``reference_generate`` below spells it out with the same settings, so token ids, not
+only texts, can be compared, and so that these tests keep their reference now that the
+interface (``mmdpo.inference.generate_texts``) runs the new engine.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from mmdpo.generation import cut_at_stop
 from mmdpo.models.loading import load_policy
-from mmdpo.sampling import ChatPrompt, SamplingSettings, cut_at_stop, sample
+from mmdpo.sampling import ChatPrompt, SamplingSettings, sample
 from mmdpo.sampling.cache import SlotCache
 from mmdpo.sampling.choose import choose_tokens, filtered_probs
 from mmdpo.sampling.inputs import render
