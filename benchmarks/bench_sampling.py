@@ -24,23 +24,32 @@ the same numbers, so the greedy check then measures how often the outputs still 
 Greedy check (``--greedy-prompts``, default 16; 0: off): both paths answer the held-out-style
 prompts greedily (today: ``generate`` in batches of ``--today-batch``) and their token ids
 are compared prompt by prompt; both runs are timed too (the eval use: one sample per
-prompt). A short untimed run of each path comes first.
+prompt). A short untimed run of each path comes first. ``same_samples_every_repeat``: whether
+every repeat of a path gave the same texts (the same seed, the same samples).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
+
+HERE = Path(__file__).resolve().parent
+# This checkout's packages first: an editable install elsewhere would otherwise supply mmdpo
+# (and datagen, tasks, eval would not be found at all).
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from provenance import machine, versions  # noqa: E402
 
 
 def load_average() -> list[float]:
@@ -134,6 +143,7 @@ def timed(function, *call_args) -> dict[str, Any]:
         "load_after": load_average(),
         "mean_new_tokens": round(out["new_tokens"] / out["samples"], 1),
         "distinct_texts": sum(len(set(row)) for row in texts),
+        "texts_sha256": hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16],
     }
 
 
@@ -280,9 +290,13 @@ def main() -> None:
         model=model.eval(), new_model=new_model.eval(), processing=tokenizer, is_vlm=False
     )
     items = smol_prompts(args.task, args.n_prompts, args.seed, "train")
+    import mmdpo
+
     header = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__,
+        "machine": machine(),
+        "versions": versions(),
+        "mmdpo": str(Path(mmdpo.__file__).parent),
+        "command": " ".join(["python", *sys.argv]),
         "threads": args.threads,
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "settings": vars(args),
@@ -305,12 +319,17 @@ def main() -> None:
         key: round(medians["new"][key] / medians["today"][key], 2)
         for key in ("samples_per_s", "tokens_per_s", "samples_per_cpu_s")
     }
+    # the same seed must give the same samples: every repeat of a path, the same texts
+    same_seed = {
+        name: len({run["texts_sha256"] for run in rows}) == 1 for name, rows in runs.items()
+    }
     report = {**header, "runs": runs, "medians": medians, "speedup": speedup}
+    report["same_samples_every_repeat"] = same_seed
     if args.greedy_prompts:
         report["greedy"] = greedy_check(loaded, args)
         print("greedy", json.dumps(report["greedy"]), flush=True)
     report["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout
-    print(json.dumps({"medians": medians, "speedup": speedup}, indent=1))
+    print(json.dumps({"medians": medians, "speedup": speedup, "same_seed": same_seed}, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
 
