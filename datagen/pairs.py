@@ -171,7 +171,13 @@ def add_pairs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1.0: off)")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="cap per response (512)")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per batch (8)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="sequences decoded at once, a prompt's K samples counting K (32); larger is "
+        "faster until the KV cache (batch x (prompt + max new tokens) tokens) fills memory",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
     parser.add_argument(
         "--min-chosen-score", type=float, default=6.0, help="math: chosen must score above (6)"

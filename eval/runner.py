@@ -69,6 +69,9 @@ def run_benchmarks(
         adapter: a run folder (or checkpoint folder) whose adapter goes on top of ``model``.
         data: ``--data``: a file (one benchmark) or a folder laid out like $MMDPO_EVAL_DATA.
         limit: the first ``limit`` samples of each benchmark.
+        batch_size: generation benchmarks: sequences decoded at once (8 keeps the log-likelihood
+            benchmarks' memory low; on CPU, generation alone runs faster with 32-64);
+            log-likelihood benchmarks: pairs per forward.
         max_new_tokens: overrides every benchmark's own cap.
         dtype: weights dtype; default: the run's, else bfloat16 on CUDA and float32 on CPU.
         model_settings: for a plain ``model``: a config's ``model`` section to load it with

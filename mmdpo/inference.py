@@ -52,18 +52,35 @@ class ChatPrompt(Protocol):
 # ---------------------------------------------------------------------------- the three seams
 
 
-def generate_texts(model: Any, processing: Any, prompts: Sequence[Any], **settings: Any):
+def generate_texts(
+    model: Any, processing: Any, prompts: Sequence[Any], *, seed: int | None = None, **settings: Any
+) -> tuple[list[str], dict[str, Any]]:
     """THE generation implementation behind :meth:`InferenceModel.generate`: swap it here.
 
-    Today: ``mmdpo.generation.generate`` (transformers' ``generate`` over left-padded
-    batches; ``num_samples`` copies of each prompt, no shared prefill). A replacement takes
-    the same arguments (``is_vlm``, ``max_new_tokens``, ``stop``, ``num_samples``,
-    ``batch_size``, ``greedy``, ``temperature``, ``top_p``, ``progress``, ``desc``) and returns
-    ``(responses, stats)``: the responses flat and prompt by prompt, ``stats`` with ``n``,
-    ``seconds``, ``samples_per_s``, ``new_tokens`` and ``tokens_per_s``.
+    Today: ``mmdpo.sampling.generate_texts`` (the batched sampling engine: one prefill per
+    prompt for its ``num_samples`` samples, finished rows leave at once, a seeded random
+    stream per sample; ``seed`` None means 0) for every model it ``supports`` (full-attention
+    decoder caches); ``mmdpo.generation.generate`` (transformers' ``generate`` over
+    left-padded batches, after ``transformers.set_seed(seed)`` when a seed is given) for the
+    others (sliding-window or linear-attention caches). Both take ``is_vlm``,
+    ``max_new_tokens``, ``stop``, ``num_samples``, ``batch_size``, ``greedy``,
+    ``temperature``, ``top_p``, ``progress`` and ``desc`` and return ``(responses, stats)``:
+    the responses flat and prompt by prompt, ``stats`` with ``n``, ``seconds``,
+    ``samples_per_s``, ``new_tokens`` and ``tokens_per_s``. ``batch_size`` counts sequences
+    decoded at once (a prompt's samples are as many rows); greedy token ids are the same in
+    both, sampled responses come from the same distribution but not the same draws.
     """
+    from mmdpo import sampling
+
+    if sampling.supports(model):
+        seed = 0 if seed is None else seed
+        return sampling.generate_texts(model, processing, prompts, seed=seed, **settings)
     from mmdpo.generation import generate
 
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
     return generate(model, processing, prompts, **settings)
 
 
@@ -260,31 +277,33 @@ class InferenceModel:
         progress: bool = True,
         desc: str = "generating",
     ) -> tuple[list[str], dict[str, Any]]:
-        """``num_samples`` responses to each prompt and throughput statistics.
+        """``num_samples`` responses to each prompt and throughput statistics, through
+        :func:`generate_texts` (the batched sampling engine, or transformers' ``generate``
+        for a model the engine does not support).
 
         Args:
             prompts: chat prompts; a VLM prompt's images go through the processor.
             max_new_tokens: cap on generated tokens per response.
             stop: strings that end a response; the response is cut before the first one.
             num_samples: responses per prompt (sampling; greedy copies are identical).
-            batch_size: sequences per generation call.
-            greedy: greedy decoding; otherwise sampling with ``temperature`` and ``top_p``.
-            seed: seeds python, numpy and torch first (reproducible sampling).
+            batch_size: sequences decoded at once; a prompt's ``num_samples`` samples count
+                as that many. Larger is faster until the KV cache (batch_size x (prompt +
+                ``max_new_tokens``) tokens) fills the memory.
+            greedy: greedy decoding; otherwise sampling with ``temperature`` and ``top_p``
+                (and the top-k ``model.generate`` would apply: the generation config's, else 50).
+            seed: the samples' seed: the same seed gives the same samples (None: 0 in the
+                engine; transformers' global seed left alone on the fallback path).
 
         Returns:
             ``(responses, stats)``: responses flat, prompt by prompt (prompt ``i``'s at
             ``i * num_samples`` onwards); ``stats``: ``n``, ``seconds``, ``samples_per_s``,
             ``new_tokens``, ``tokens_per_s``.
         """
-        if seed is not None:
-            from transformers import set_seed
-
-            set_seed(seed)
         return generate_texts(
             self.model, self.processing, prompts, is_vlm=self.is_vlm,
             max_new_tokens=max_new_tokens, stop=stop, num_samples=num_samples,
             batch_size=batch_size, greedy=greedy, temperature=temperature, top_p=top_p,
-            progress=progress, desc=desc,
+            seed=seed, progress=progress, desc=desc,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------ scoring

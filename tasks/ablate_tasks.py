@@ -206,7 +206,7 @@ class SmolTask(AblationTask):
             k=k or 4,
             temperature=0.7,
             max_new_tokens=128,
-            batch_size=24,
+            batch_size=64,
             seed=0,
             threads=1,
             no_progress=True,

@@ -101,7 +101,7 @@ class DemoSettings:
     chair_scenes: int = 100
     """Held-out scenes for CHAIR (one description each)."""
     eval_batch_size: int = 32
-    """Prompts per generation batch."""
+    """Sequences decoded at once in the evals."""
     description_tokens: int = 48
     """Token cap of a generated description."""
 

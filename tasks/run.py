@@ -36,7 +36,7 @@ class EvalPlan:
             compare the adapter on and off, so they run after training only.
         data: a data file or a folder laid out like $MMDPO_EVAL_DATA (``mmdpo eval --data``).
         limit: the first N samples of each benchmark.
-        batch_size: prompts per generation batch.
+        batch_size: generation: sequences decoded at once; preference: pairs per forward.
         max_new_tokens: a cap on generated tokens (default: each benchmark's own).
     """
 

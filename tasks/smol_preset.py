@@ -127,7 +127,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-new-tokens", type=int, default=128, help="cap per response, sampled and eval (128)"
     )
-    parser.add_argument("--batch-size", type=int, default=24, help="generation batch (24)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="sequences decoded at once, sampling and eval (64: on CPU more rows per step cost "
+        "little more than few; see docs/sampling.md)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="prompts, sampling and training seed")
     parser.add_argument(
         "--threads",

@@ -141,6 +141,50 @@ def test_generation_goes_through_the_one_seam(tiny_llama, monkeypatch):
     assert responses == ["x", "x"] and seen[0]["is_vlm"] is False and seen[0]["max_new_tokens"] == 2
 
 
+def test_the_seam_samples_with_the_engine_where_it_can(sharp_model_dir, tokenizer):
+    """A full-attention model goes through ``mmdpo.sampling`` (its stats carry the engine's
+    prefill counts; the same seed gives the same samples, None is seed 0; greedy texts are
+    ``generate``'s); a sliding-window model goes through ``mmdpo.generation.generate``, seeded
+    with ``set_seed`` as before."""
+    from transformers import MistralConfig, MistralForCausalLM, set_seed
+
+    from mmdpo import sampling
+    from mmdpo.generation import generate as todays_generate
+    from mmdpo.inference import generate_texts
+
+    prompts = [user_prompt(text) for text in PROMPTS]
+    greedy = {"is_vlm": False, "max_new_tokens": 8, "batch_size": 3, "progress": False}
+    sampled = {**greedy, "num_samples": 3, "greedy": False, "temperature": 0.9}
+
+    model, sharp_tokenizer, _ = load_policy(sharp_model_dir("llama"), prepare_for_training=False)
+    assert sampling.supports(model)
+    texts, stats = generate_texts(model, sharp_tokenizer, prompts, **greedy)
+    assert stats["prefill_forwards"] >= 1 and stats["n"] == len(prompts)
+    assert texts == todays_generate(model, sharp_tokenizer, prompts, **greedy)[0]
+    first, _ = generate_texts(model, sharp_tokenizer, prompts, seed=5, **sampled)
+    engine, _ = sampling.generate_texts(model, sharp_tokenizer, prompts, seed=5, **sampled)
+    assert first == engine == generate_texts(model, sharp_tokenizer, prompts, seed=5, **sampled)[0]
+    assert first != generate_texts(model, sharp_tokenizer, prompts, seed=6, **sampled)[0]
+    unseeded = generate_texts(model, sharp_tokenizer, prompts, **sampled)[0]
+    assert unseeded == generate_texts(model, sharp_tokenizer, prompts, seed=0, **sampled)[0]
+
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    windowed = MistralForCausalLM(config).eval()
+    assert not sampling.supports(windowed)
+    texts, stats = generate_texts(windowed, tokenizer, prompts, **greedy)
+    assert "prefill_forwards" not in stats and stats["n"] == len(prompts)
+    today, today_stats = todays_generate(windowed, tokenizer, prompts, **greedy)
+    assert (texts, stats["new_tokens"]) == (today, today_stats["new_tokens"])
+    first, _ = generate_texts(windowed, tokenizer, prompts, seed=5, **sampled)
+    set_seed(5)
+    assert first == todays_generate(windowed, tokenizer, prompts, **sampled)[0]
+    assert len(set(first)) > 1, "sampled, not greedy"
+
+
 def test_loglikelihood_and_margins_without_an_adapter(tiny_llama):
     """The policy's pair log-likelihoods equal the engine's forward; a model without an
     adapter has no reference to compare with."""

