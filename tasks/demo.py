@@ -74,10 +74,16 @@ class DemoSettings:
     """Vision tower layers (0: patch embedding and merger only, the fastest; 1 and 2 learned
     no better in the same number of steps)."""
     grounding_steps: int = 600
-    """Steps of the first SFT stage (one-object scenes, correct answers; 0 skips it)."""
+    """Steps of a round of the first SFT stage (clean one-object scenes); 0 skips it."""
+    grounding_rounds: int = 3
+    """Rounds of the first SFT stage at most (each warm-up + cosine decay); it ends after
+    the first round whose model passes ``grounding_accuracy``."""
+    grounding_accuracy: float = 0.95
+    """Share of a check set of one-object yes/no questions the model must answer right for
+    the first SFT stage to end."""
     sft_scenes: int = 600
     """Scenes of the SFT data (each gives a description and 2-4 yes/no questions)."""
-    sft_steps: int = 300
+    sft_steps: int = 450
     """SFT optimizer steps (full fine-tuning, AdamW)."""
     sft_batch_size: int = 16
     """SFT examples per step."""
@@ -85,9 +91,9 @@ class DemoSettings:
     """SFT peak learning rate."""
     extra_object_rate: float = 0.6
     """Share of SFT descriptions that name an extra object similar to a present one."""
-    false_yes_rate: float = 0.6
-    """Share of SFT questions about an absent object similar to a present one answered
-    "Yes." (questions about other absent objects are answered "No.")."""
+    false_yes_rate: float = 0.8
+    """Share of SFT questions about a present object's absent look-alike (the same shape,
+    red for yellow and yellow for red) answered "Yes."; other absent objects are "No."."""
     pair_scenes: int = 300
     """Scenes of the preference data (a description pair and a yes/no pair each)."""
     low_margin_rate: float = 0.2
@@ -112,7 +118,8 @@ class DemoSettings:
         for name in ("pope_scenes", "chair_scenes", "eval_batch_size", "description_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"demo.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("extra_object_rate", "false_yes_rate", "low_margin_rate", "flip_rate"):
+        rates = ("extra_object_rate", "false_yes_rate", "low_margin_rate", "flip_rate")
+        for name in (*rates, "grounding_accuracy"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"demo.{name}: must be in [0, 1], got {getattr(self, name)}")
         if self.hidden_size % 32:
@@ -219,8 +226,34 @@ def engine_configs(
     return configs
 
 
-def prepare_out_dir(out_dir: Path) -> None:
-    """Create the run folder; clear what an earlier demo wrote there, and nothing else."""
+class Stages:
+    """Prints "[i/n] what" for each stage, numbered once and in order.
+
+    ``n`` is known before the first stage: the grounding stage can be switched off and each
+    alignment run is a stage of its own.
+    """
+
+    def __init__(self, names: Sequence[str]):
+        self.names = list(names)
+        self.done = 0
+
+    def start(self, name: str, text: str) -> None:
+        expected = self.names[self.done]
+        if name != expected:  # a programming error: the plan and the run disagree
+            raise RuntimeError(f"stage {name!r} started, expected {expected!r}")
+        self.done += 1
+        print(f"[{self.done}/{len(self.names)}] {text}")
+
+
+def stage_names(settings: DemoSettings, losses: Sequence[str]) -> list[str]:
+    """The demo's stages in order: SFT (one or two), pairs, one per alignment run, eval."""
+    sft = ["grounding", "sft"] if settings.grounding_steps else ["sft"]
+    return [*sft, "pairs", *(f"align_{name}" for name in losses), "eval"]
+
+
+def prepare_out_dir(out_dir: Path, owned: Sequence[str] = OWNED) -> None:
+    """Create the run folder; clear what an earlier demo wrote there (``owned``), and
+    nothing else."""
     from mmdpo.run_folder import check_output_dir
 
     check_output_dir(out_dir, "--out")
@@ -231,7 +264,7 @@ def prepare_out_dir(out_dir: Path) -> None:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).write_text("written by mmdpo demo\n")
-    for name in OWNED:
+    for name in owned:
         path = out_dir / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -246,7 +279,7 @@ def run_demo(
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # one line per stage reads better than bars
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
     settings, engine_overrides = split_overrides(list(overrides or ()))
     torch.set_num_threads(settings.threads)
@@ -260,8 +293,9 @@ def run_demo(
         return time.perf_counter()
 
     print(f"mmdpo demo -> {out_dir}")
+    stages = Stages(stage_names(settings, list(configs)))
     clock = time.perf_counter()
-    sft_losses = build_sft_model(out_dir / "sft", settings)
+    sft_losses = build_sft_model(out_dir / "sft", settings, stages)
     clock = stage("sft", clock)
 
     from tasks.demo_world import preference_pairs, write_eval_data
@@ -274,8 +308,9 @@ def run_demo(
     )
     write_pairs(out_dir / "pairs.jsonl", pairs)
     kinds = Counter(sample.meta["kind"] for sample in pairs)
-    print(
-        f"[2/4] {len(pairs)} preference pairs: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
+    stages.start(
+        "pairs",
+        f"{len(pairs)} preference pairs: " + ", ".join(f"{k} {n}" for k, n in kinds.items()),
     )
     eval_files = write_eval_data(out_dir / "eval_data", settings.pope_scenes, settings.chair_scenes)
     clock = stage("data", clock)
@@ -284,13 +319,13 @@ def run_demo(
 
     runs: dict[str, Any] = {}
     for name, config in configs.items():
-        print(f"[3/4] aligning with {name}: {describe_run(config)}")
+        stages.start(f"align_{name}", f"aligning with {name}: {describe_run(config)}")
         result = train(config, pairs)
         runs[name] = result
         print(f"      {result.steps} steps; adapter in {result.final_checkpoint}")
         clock = stage(f"train_{name}", clock)
 
-    print("[4/4] evaluating (POPE, CHAIR) before and after")
+    stages.start("eval", "evaluating (POPE, CHAIR) before and after")
     columns = {"sft": evaluate(out_dir, "sft", None, eval_files, settings)}
     clock = stage("eval_sft", clock)
     for name, result in runs.items():
@@ -299,6 +334,7 @@ def run_demo(
 
     total = round(time.perf_counter() - started, 1)
     timings["total"] = total
+    timings["cpu_total"] = round(time.process_time() - cpu_started, 1)
     print()
     print(format_demo_table(columns))
     plot = plot_columns(columns, out_dir / "plots" / "demo_evals.png")
@@ -310,22 +346,25 @@ def run_demo(
         "results": columns,
         "train": {name: {"steps": r.steps, **r.train_metrics} for name, r in runs.items()},
         "timings_s": timings,
+        "machine": machine_info(),
     }
     (out_dir / "demo_results.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
     print(f"\nresults: {out_dir / 'demo_results.json'}; plots: {plot} and {out_dir}/train/*/plots")
     from mmdpo.report import write_report
 
     print(f"report: {write_report([out_dir], title=f'mmdpo demo, seed {settings.seed}')}")
-    print(f"total time {total:.0f} s ({_timing_line(timings)})")
+    print(
+        f"total time {total:.0f} s, CPU time {timings['cpu_total']:.0f} s ({_timing_line(timings)})"
+    )
     return 0
 
 
-def build_sft_model(directory: Path, settings: DemoSettings) -> list[float]:
+def build_sft_model(directory: Path, settings: DemoSettings, stages: Stages) -> list[float]:
     """A fresh demo VLM, warmed up on noisy supervised data, saved to ``directory``."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from tasks.demo_model import Encoder, build_demo_vlm, supervised_warmup
-    from tasks.demo_world import grounding_examples, sft_examples
+    from tasks.demo_model import Encoder, build_demo_vlm, supervised_warmup, yes_no_accuracy
+    from tasks.demo_world import GROUNDING_CHECK_SEED, grounding_examples, sft_examples
 
     size = ModelSize(
         hidden_size=settings.hidden_size,
@@ -341,27 +380,46 @@ def build_sft_model(directory: Path, settings: DemoSettings) -> list[float]:
     losses: list[float] = []
     if settings.grounding_steps:
         grounding = grounding_examples(400)
-        print(
-            f"[1/4] SFT stage 1 (grounding): {len(grounding)} one-object examples, "
-            f"{settings.grounding_steps} steps"
+        stages.start(
+            "grounding",
+            f"SFT stage 1 (grounding, clean): {len(grounding)} examples, "
+            f"{settings.grounding_steps} steps",
         )
-        losses += supervised_warmup(
-            model,
-            encoder,
-            grounding,
-            steps=settings.grounding_steps,
-            batch_size=settings.sft_batch_size,
-            learning_rate=settings.sft_learning_rate,
-            seed=settings.seed,
-        )
+        check = [
+            example
+            for example in grounding_examples(50, seed=GROUNDING_CHECK_SEED)
+            if example.answer in ("Yes.", "No.")
+        ]
+        # When this small model learns to match a question's object to the image depends on
+        # its initialisation: one round was enough for 6 seeds of 10. Training one long round
+        # instead made the later stage worse (the model keeps to one object per scene).
+        for round_index in range(settings.grounding_rounds):
+            losses += supervised_warmup(
+                model,
+                encoder,
+                grounding,
+                steps=settings.grounding_steps,
+                batch_size=settings.sft_batch_size,
+                learning_rate=settings.sft_learning_rate,
+                seed=settings.seed + 1000 * round_index,
+            )
+            accuracy = yes_no_accuracy(model, encoder, check)
+            print(
+                f"  round {round_index + 1}: {accuracy:.0%} of {len(check)} check questions "
+                "answered right"
+            )
+            if accuracy >= settings.grounding_accuracy:
+                break
     examples = sft_examples(
         settings.sft_scenes,
         extra_object_rate=settings.extra_object_rate,
         false_yes_rate=settings.false_yes_rate,
     )
-    print(
-        f"[1/4] SFT warm-up: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter "
-        f"Qwen2-VL, {len(examples)} examples, {settings.sft_steps} steps"
+    stage = "SFT stage 2 (noisy)" if settings.grounding_steps else "SFT (noisy)"
+    stages.start(
+        "sft",
+        f"{stage}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter "
+        f"Qwen2-VL, {len(examples)} examples, {settings.sft_steps} steps",
     )
     losses += supervised_warmup(
         model,
@@ -374,6 +432,47 @@ def build_sft_model(directory: Path, settings: DemoSettings) -> list[float]:
     )
     model.save_pretrained(directory)  # safetensors: the engine loads it like any model
     return losses
+
+
+def machine_info() -> dict[str, Any]:
+    """What made the numbers: CPU model and flags that change kernels, cores, versions."""
+    import importlib.metadata
+    import os
+    import platform
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    versions = {}
+    for package in ("torch", "transformers", "peft", "bitsandbytes"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "torch_threads": torch.get_num_threads(),
+        **versions,
+    }
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    flag = "with" if machine["avx512_bf16"] else "without"
+    versions = ", ".join(
+        f"{name} {machine[name]}" for name in ("torch", "transformers", "peft", "bitsandbytes")
+    )
+    return (
+        f"{machine['cpu']}, {machine['cores']} cores, {flag} avx512_bf16, "
+        f"{machine['torch_threads']} torch thread(s); {versions}"
+    )
 
 
 def describe_run(config: Config) -> str:
@@ -503,5 +602,7 @@ def _fmt(value: float) -> str:
 
 def _timing_line(timings: dict[str, float]) -> str:
     return ", ".join(
-        f"{name} {seconds:.0f} s" for name, seconds in timings.items() if name != "total"
+        f"{name} {seconds:.0f} s"
+        for name, seconds in timings.items()
+        if name not in ("total", "cpu_total")
     )

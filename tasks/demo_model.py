@@ -226,3 +226,31 @@ def supervised_warmup(
                 log(f"  SFT step {step + 1}/{steps}: loss {loss:.3f} ({elapsed:.0f} s)")
     model.eval()
     return losses
+
+
+def yes_no_accuracy(model: Any, encoder: Encoder, examples: Sequence[Any]) -> float:
+    """Share of yes/no ``examples`` whose answer the model prefers: the first token of the
+    target ("Y" of "Yes.") scores above the first token of the other answer."""
+    first = {
+        answer: encoder.tokenizer(answer, add_special_tokens=False)["input_ids"][0]
+        for answer in ("Yes.", "No.")
+    }
+    rows, targets = [], []
+    for example in examples:
+        image = encoder.image(example.scene, example.scene.render)
+        prompt = encoder.prompt_ids(example.prompt, image["image_grid_thw"])
+        rows.append((prompt, encoder.answer_ids(example.answer), image))
+        targets.append(example.answer == "Yes.")
+    right = 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), 32):
+            chunk = rows[start : start + 32]
+            batch = encoder.batch(chunk)
+            batch.pop("labels")
+            logits = model(**batch).logits
+            for offset, (prompt, _, _) in enumerate(chunk):
+                scores = logits[offset, len(prompt) - 1]
+                says_yes = bool(scores[first["Yes."]] > scores[first["No."]])
+                right += says_yes == targets[start + offset]
+    return right / len(rows)
