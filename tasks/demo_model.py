@@ -183,10 +183,14 @@ def supervised_warmup(
     learning_rate: float,
     seed: int,
     log: Callable[[str], None] = print,
+    stop_check: Callable[[int], bool] | None = None,
+    check_every: int = 100,
 ) -> list[float]:
     """Full fine-tuning with AdamW (linear warm-up, cosine decay) on (scene, prompt, answer).
 
-    Returns the loss of each step. Seeded: the same inputs give the same model.
+    With ``stop_check``, the learning rate stays constant after the warm-up, and training
+    ends early at the first multiple of ``check_every`` steps where ``stop_check(step)`` is
+    true. Returns the loss of each step. Seeded: the same inputs give the same model.
     """
     rows = []
     for example in examples:
@@ -199,6 +203,8 @@ def supervised_warmup(
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if stop_check is not None:
+            return 1.0
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -221,7 +227,11 @@ def supervised_warmup(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-            if (step + 1) % max(1, steps // 5) == 0 or step + 1 == steps:
+            if stop_check is not None and (step + 1) % check_every == 0:
+                if stop_check(step + 1):
+                    break
+                model.train()
+            elif (step + 1) % max(1, steps // 5) == 0 or step + 1 == steps:
                 elapsed = time.perf_counter() - started
                 log(f"  SFT step {step + 1}/{steps}: loss {loss:.3f} ({elapsed:.0f} s)")
     model.eval()

@@ -2,12 +2,13 @@
 shapes, each object a large flat shape at a fixed place in its quadrant): SFT examples, scored
 preference pairs, and the POPE / CHAIR evaluation files.
 
-Disjoint seeds give disjoint sets of scenes: the SFT grounding stage, the SFT warm-up, the
-preference pairs, the evaluation. Everything is seeded; the same settings give the same
+Disjoint seeds give disjoint sets of scenes: the SFT grounding stage, its check, the SFT
+warm-up, the preference pairs, the evaluation. Everything is seeded; the same settings give the same
 data byte for byte.
 
-The grounding stage is clean. The main SFT data is deliberately imperfect in two ways that
-real captioning data is:
+The grounding stage is clean; its examples are replayed beside the noisy ones in the second
+stage (:func:`with_replay`). The main SFT data is deliberately imperfect in two ways that real
+captioning data is:
 
 - some descriptions name an object that is not in the image (``extra_object_rate``), taken
   from the objects that look like the ones present (the same colour or the same shape),
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from mmdpo.types import PreferenceSample
 
 SFT_SEED = 1001
 GROUNDING_CHECK_SEED = SFT_SEED + 2
+REPLAY_SEED = SFT_SEED + 3
 PAIR_SEED = 2002
 EVAL_SEED = 3003
 SOURCE = "shapes-world-demo"
@@ -54,11 +55,6 @@ SOURCE = "shapes-world-demo"
 # model sees of an object depends only on what the object is.
 DEMO_COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 DEMO_KINDS: tuple[str, ...] = tuple(f"{c} {s}" for c in DEMO_COLORS for s in SHAPES)
-# The noisy SFT data's confusion: red and yellow things (an absent object of a present one's
-# shape in the other of these two colours). One pair only: with green and blue as well, a
-# model that learned its SFT data exactly would answer "Yes." to 62 % of the POPE questions,
-# and with its other errors some seeds went past 70 %.
-LOOK_ALIKE_COLORS = {"red": "yellow", "yellow": "red"}
 MARGIN = 12  # pixels between an object and the edges of its quadrant (224 px scene)
 
 
@@ -92,17 +88,11 @@ def similar_absent(scene: Scene) -> list[str]:
     )
 
 
-def absent_objects(
-    scene: Scene, count: int, rng: random.Random, exclude: Collection[str] = ()
-) -> list[str]:
-    """Objects not in the scene (nor in ``exclude``): half (rounded up) similar to a present
-    one (POPE's "adversarial" negatives), the rest any other absent object."""
-    similar = [k for k in similar_absent(scene) if k not in exclude]
-    others = [
-        k
-        for k in DEMO_KINDS
-        if k not in scene.object_names and k not in similar_absent(scene) and k not in exclude
-    ]
+def absent_objects(scene: Scene, count: int, rng: random.Random) -> list[str]:
+    """Objects not in the scene: half (rounded up) similar to a present one (POPE's
+    "adversarial" negatives), the rest any other absent object."""
+    similar = similar_absent(scene)
+    others = [k for k in DEMO_KINDS if k not in scene.object_names and k not in similar]
     rng.shuffle(similar)
     rng.shuffle(others)
     first = similar[: (count + 1) // 2]
@@ -152,29 +142,19 @@ class SFTExample:
     answer: str
 
 
-def look_alike(name: str) -> str | None:
-    """The object the noisy SFT data mistakes ``name`` for (the same shape, red for yellow
-    and yellow for red), or None."""
-    color, shape = name.split()
-    return f"{LOOK_ALIKE_COLORS[color]} {shape}" if color in LOOK_ALIKE_COLORS else None
-
-
 def sft_examples(
     num_scenes: int,
     *,
     extra_object_rate: float = 0.6,
-    false_yes_rate: float = 0.8,
+    false_yes_rate: float = 0.6,
     seed: int = SFT_SEED,
 ) -> list[SFTExample]:
-    """A description and yes/no questions per scene, half of the answers "Yes.", with two
-    kinds of noise.
+    """A description and balanced yes/no questions per scene, with the two kinds of noise.
 
     Per scene: one description, which names one extra similar object with probability
-    ``extra_object_rate``; one question per present object ("Yes."); one per absent
-    look-alike of a present object (:func:`look_alike`), answered "Yes." with probability
-    ``false_yes_rate``, else "No."; then questions about other absent objects (half of them
-    similar to a present one, as POPE asks), answered "No.", until the scene has as many "No."
-    answers as "Yes." ones.
+    ``extra_object_rate``; one question per present object ("Yes.") and as many about absent
+    objects (half similar to a present one, as POPE asks). A similar absent object is
+    answered "Yes." with probability ``false_yes_rate``; any other absent object "No.".
     """
     rng = random.Random(seed)
     examples = []
@@ -183,18 +163,12 @@ def sft_examples(
         if rng.random() < extra_object_rate:
             names = names + rng.sample(similar_absent(scene), 1)
         examples.append(SFTExample(scene, DESCRIBE_PROMPT, describe(names)))
-        answers = {name: "Yes." for name in scene.object_names}
         for name in scene.object_names:
-            mistaken = look_alike(name)
-            if mistaken is not None and mistaken not in answers:
-                answers[mistaken] = "Yes." if rng.random() < false_yes_rate else "No."
-        # Balanced answers: with more "Yes." than "No." a small model whose grounding is still
-        # weak falls back on "Yes." for every question (seeds 1 and 3 did, at 65 % "Yes.").
-        missing = 2 * sum(a == "Yes." for a in answers.values()) - len(answers)
-        for name in absent_objects(scene, missing, rng, exclude=answers):
-            answers[name] = "No."
-        for name, answer in answers.items():
-            examples.append(SFTExample(scene, question_prompt(name), answer))
+            examples.append(SFTExample(scene, question_prompt(name), "Yes."))
+        similar = similar_absent(scene)
+        for name in absent_objects(scene, len(scene.objects), rng):
+            fooled = name in similar and rng.random() < false_yes_rate
+            examples.append(SFTExample(scene, question_prompt(name), "Yes." if fooled else "No."))
     rng.shuffle(examples)
     return examples
 
@@ -222,6 +196,17 @@ def grounding_examples(num_scenes: int, *, seed: int = SFT_SEED + 1) -> list[SFT
             examples.append(SFTExample(scene, question_prompt(rng.choice(look_alikes)), "No."))
     rng.shuffle(examples)
     return examples
+
+
+def with_replay(
+    examples: list[SFTExample], replayed: list[SFTExample], share: float, seed: int = REPLAY_SEED
+) -> list[SFTExample]:
+    """``examples`` and a ``share`` of ``replayed`` (drawn without replacement), shuffled
+    together."""
+    rng = random.Random(seed)
+    mixed = examples + rng.sample(replayed, round(share * len(replayed)))
+    rng.shuffle(mixed)
+    return mixed
 
 
 def _sample(
