@@ -20,21 +20,23 @@ from tasks.demo import (
 )
 from tasks.demo_world import (
     DEMO_COLORS,
-    DEMO_KINDS,
     PAIR_SEED,
     describe,
     grounding_examples,
     hallucination_score,
-    look_alike,
     ordered_objects,
     pope_questions,
     preference_pairs,
     sft_examples,
+    similar_absent,
+    with_replay,
 )
 
 TINY = [
     "demo.sft_scenes=12",
     "demo.grounding_steps=2",
+    "demo.grounding_batch_size=4",
+    "demo.grounding_check_every=1",
     "demo.sft_steps=4",
     "demo.sft_batch_size=4",
     "demo.pair_scenes=6",
@@ -114,6 +116,36 @@ def test_patch_embedding_init_reads_mean_colour():
     assert out[15:].abs().max().item() == 0.0
 
 
+def test_warmup_with_a_check_stops_at_the_first_check_passed(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tasks.demo_model import Encoder, ModelSize, build_demo_vlm, supervised_warmup
+
+    build_demo_vlm(tmp_path, ModelSize(hidden_size=64, intermediate_size=128))
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    encoder = Encoder(AutoProcessor.from_pretrained(tmp_path))
+    checked = []
+
+    def passes(step):
+        checked.append((step, model.training))
+        return step == 4
+
+    losses = supervised_warmup(
+        model,
+        encoder,
+        grounding_examples(4),
+        steps=10,
+        batch_size=2,
+        learning_rate=1e-3,
+        seed=0,
+        log=lambda line: None,
+        stop_check=passes,
+        check_every=2,
+    )
+    assert len(losses) == 4 and [step for step, _ in checked] == [2, 4]
+    assert not model.training  # left in eval mode, as without a check
+
+
 def test_pairs_are_scored_by_rule_and_flipped_pairs_show_it_in_their_scores():
     pairs = preference_pairs(60, score_noise=0.0, flip_rate=0.3, low_margin_rate=0.3)
     assert pairs == preference_pairs(60, score_noise=0.0, flip_rate=0.3, low_margin_rate=0.3)
@@ -142,31 +174,33 @@ def test_sft_data_carries_the_configured_noise():
         ]
     ]
     assert 0.3 < len(extra) / len(descriptions) < 0.5
-    fooled, look_alikes_asked = 0, 0
-    answers_per_scene = Counter()
+    fooled, similar_asked = 0, 0
     for e in examples:
         if e in descriptions:
             continue
         name = e.prompt.split("Is there a ")[1].split(" in the image?")[0]
-        answers_per_scene[e.scene.image_id] += 1 if e.answer == "Yes." else -1
         if name in e.scene.object_names:
             assert e.answer == "Yes."
-        elif name in {look_alike(present) for present in e.scene.object_names}:
-            look_alikes_asked += 1
+        elif name in similar_absent(e.scene):
+            similar_asked += 1
             fooled += e.answer == "Yes."
         else:
             assert e.answer == "No."
-    assert look_alikes_asked > 300  # each present object's look-alike, when absent
-    assert 0.4 < fooled / look_alikes_asked < 0.6  # false_yes_rate 0.5, on look-alikes only
-    assert set(answers_per_scene.values()) == {0}  # as many "Yes." as "No." in every scene
+    assert 0.4 < fooled / similar_asked < 0.6  # false_yes_rate 0.5, on similar objects only
     assert sft_examples(300, extra_object_rate=0.0, false_yes_rate=0.0) != examples
 
 
-def test_look_alikes_pair_colours_and_keep_the_shape():
-    assert look_alike("red circle") == "yellow circle"
-    assert look_alike("yellow circle") == "red circle"
-    assert look_alike("blue triangle") == "green triangle"
-    assert {look_alike(look_alike(kind)) for kind in DEMO_KINDS} == set(DEMO_KINDS)
+def test_replay_adds_clean_examples_and_leaves_the_noisy_ones_as_they_are():
+    noisy = sft_examples(60)
+    clean = grounding_examples(20)  # 100 examples
+    mixed = with_replay(noisy, clean, 0.5)
+    noisy_ids, clean_ids = {id(e) for e in noisy}, {id(e) for e in clean}
+    assert Counter(id(e) for e in mixed if id(e) in noisy_ids) == Counter(noisy_ids)
+    replayed = [id(e) for e in mixed if id(e) not in noisy_ids]
+    assert len(replayed) == 50 and set(replayed) <= clean_ids  # half of them,
+    assert len(set(replayed)) == 50  # each once
+    assert len(with_replay(noisy, clean, 1.0)) == len(noisy) + len(clean)
+    assert with_replay(noisy, clean, 0.5) == mixed  # seeded
 
 
 def test_overrides_split_between_demo_and_engine(tmp_path):
