@@ -3,8 +3,8 @@ shapes, each object a large flat shape at a fixed place in its quadrant): SFT ex
 preference pairs, and the POPE / CHAIR evaluation files.
 
 Disjoint seeds give disjoint sets of scenes: the SFT grounding stage, its check, the SFT
-warm-up, the preference pairs, the evaluation. Everything is seeded; the same settings give the same
-data byte for byte.
+warm-up, the preference pairs, the evaluation. Everything is seeded; the same settings give
+the same data byte for byte.
 
 The grounding stage is clean; its examples are replayed beside the noisy ones in the second
 stage (:func:`with_replay`). The main SFT data is deliberately imperfect in two ways that real
