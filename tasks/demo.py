@@ -290,6 +290,7 @@ def run_demo(
 
     transformers_logging.disable_progress_bar()  # one line per stage reads better than bars
     started, cpu_started = time.perf_counter(), time.process_time()
+    load_started = _load_average()
     out_dir = Path(out_dir)
     settings, engine_overrides = split_overrides(list(overrides or ()))
     torch.set_num_threads(settings.threads)
@@ -307,7 +308,7 @@ def run_demo(
     print(f"machine: {machine_line(machine)}")
     stages = Stages(stage_names(settings, list(configs)))
     clock = time.perf_counter()
-    sft_losses = build_sft_model(out_dir / "sft", settings, stages)
+    sft = build_sft_model(out_dir / "sft", settings, stages)
     clock = stage("sft", clock)
 
     from tasks.demo_world import preference_pairs, write_eval_data
@@ -354,26 +355,41 @@ def run_demo(
         "settings": dataclasses.asdict(settings),
         "configs": {name: config.to_dict() for name, config in configs.items()},
         "pairs": dict(kinds),
-        "sft_final_loss": sft_losses[-1] if sft_losses else None,
+        "sft_final_loss": sft.losses[-1] if sft.losses else None,
+        "grounding": {"steps": sft.grounding_steps, "check_accuracy": sft.grounding_accuracy},
         "results": columns,
         "train": {name: {"steps": r.steps, **r.train_metrics} for name, r in runs.items()},
         "timings_s": timings,
         "machine": machine,
+        # Other processes on the machine slow the wall clock, not the CPU time.
+        "load_average": {"start": load_started, "end": _load_average()},
     }
     (out_dir / "demo_results.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
     print(f"\nresults: {out_dir / 'demo_results.json'}; plots: {plot} and {out_dir}/train/*/plots")
     from mmdpo.report import write_report
 
     print(f"report: {write_report([out_dir], title=f'mmdpo demo, seed {settings.seed}')}")
+    load = summary["load_average"]
     print(
-        f"total time {total:.0f} s, CPU time {timings['cpu_total']:.0f} s ({_timing_line(timings)})"
+        f"total time {total:.0f} s, CPU time {timings['cpu_total']:.0f} s, load average "
+        f"{_fmt_load(load['start'])} -> {_fmt_load(load['end'])} ({_timing_line(timings)})"
     )
     return 0
 
 
+@dataclass
+class SFTResult:
+    """What the SFT warm-up did: the loss of every step, and the grounding stage's length
+    and last check (None without that stage)."""
+
+    losses: list[float]
+    grounding_steps: int = 0
+    grounding_accuracy: float | None = None
+
+
 def build_sft_model(
     directory: Path, settings: DemoSettings, stages: Stages | None = None
-) -> list[float]:
+) -> SFTResult:
     """A fresh demo VLM, warmed up on noisy supervised data, saved to ``directory``.
 
     ``stages`` numbers its one or two stages within the demo's; alone they are numbered
@@ -395,7 +411,7 @@ def build_sft_model(
     model = AutoModelForImageTextToText.from_pretrained(directory)
     processor = AutoProcessor.from_pretrained(directory)
     encoder = Encoder(processor)
-    losses: list[float] = []
+    result = SFTResult(losses=[])
     if stages is None:
         stages = Stages(sft_stage_names(settings))
     grounding = grounding_examples(400) if settings.grounding_steps else []
@@ -406,7 +422,8 @@ def build_sft_model(
             f"{settings.grounding_batch_size} until {settings.grounding_accuracy:.0%} of the "
             f"check questions are right ({settings.grounding_steps} steps at most)",
         )
-        losses += ground(model, encoder, grounding, settings)
+        result.losses, result.grounding_accuracy = ground(model, encoder, grounding, settings)
+        result.grounding_steps = len(result.losses)
     examples = sft_examples(
         settings.sft_scenes,
         extra_object_rate=settings.extra_object_rate,
@@ -426,7 +443,7 @@ def build_sft_model(
         f"{stage}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter "
         f"Qwen2-VL, {described}, {settings.sft_steps} steps",
     )
-    losses += supervised_warmup(
+    result.losses += supervised_warmup(
         model,
         encoder,
         examples,
@@ -436,13 +453,16 @@ def build_sft_model(
         seed=settings.seed,
     )
     model.save_pretrained(directory)  # safetensors: the engine loads it like any model
-    return losses
+    return result
 
 
-def ground(model: Any, encoder: Any, grounding: list[Any], settings: DemoSettings) -> list[float]:
+def ground(
+    model: Any, encoder: Any, grounding: list[Any], settings: DemoSettings
+) -> tuple[list[float], float | None]:
     """The first SFT stage: the clean one-object examples at a constant learning rate until
     the model answers ``grounding_accuracy`` of a check set of such questions right (checked
-    every ``grounding_check_every`` steps), ``grounding_steps`` at most. Returns the losses."""
+    every ``grounding_check_every`` steps), ``grounding_steps`` at most. Returns the losses
+    and the last check's accuracy."""
     from tasks.demo_model import supervised_warmup, yes_no_accuracy
     from tasks.demo_world import GROUNDING_CHECK_SEED, grounding_examples
 
@@ -451,14 +471,12 @@ def ground(model: Any, encoder: Any, grounding: list[Any], settings: DemoSetting
         for example in grounding_examples(50, seed=GROUNDING_CHECK_SEED)
         if example.answer in ("Yes.", "No.")
     ]
-    passed: list[int] = []
+    accuracies: list[float] = []
 
     def passes(step: int) -> bool:
-        accuracy = yes_no_accuracy(model, encoder, check)
-        print(f"  step {step}: {accuracy:.0%} of {len(check)} check questions right")
-        if accuracy >= settings.grounding_accuracy:
-            passed.append(step)
-        return bool(passed)
+        accuracies.append(yes_no_accuracy(model, encoder, check))
+        print(f"  step {step}: {accuracies[-1]:.0%} of {len(check)} check questions right")
+        return accuracies[-1] >= settings.grounding_accuracy
 
     losses = supervised_warmup(
         model,
@@ -471,12 +489,12 @@ def ground(model: Any, encoder: Any, grounding: list[Any], settings: DemoSetting
         stop_check=passes,
         check_every=settings.grounding_check_every,
     )
-    if not passed:
+    if not accuracies or accuracies[-1] < settings.grounding_accuracy:
         print(
             f"  grounding check not passed in {settings.grounding_steps} steps: the SFT model "
             "may not tell the objects apart (more demo.grounding_steps may help)"
         )
-    return losses
+    return losses, (accuracies[-1] if accuracies else None)
 
 
 def machine_info() -> dict[str, Any]:
@@ -652,3 +670,17 @@ def _timing_line(timings: dict[str, float]) -> str:
         for name, seconds in timings.items()
         if name not in ("total", "cpu_total")
     )
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS has none)."""
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _fmt_load(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"

@@ -44,7 +44,10 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_demo_seeds(
-    out_dir: str | Path, seeds: Sequence[int], overrides: Sequence[str] = (), compare=None
+    out_dir: str | Path,
+    seeds: Sequence[int],
+    overrides: Sequence[str] = (),
+    compare: str | None = None,
 ) -> int:
     """Run the demo for each seed into ``<out>/seed-<N>``, then print and save the spread."""
     out_dir = Path(out_dir)
@@ -82,7 +85,12 @@ def seed_summary(runs: dict[int, dict]) -> dict:
         "seeds": list(runs),
         "columns": columns,
         "per_seed": {
-            seed: {"results": run["results"], "timings_s": run["timings_s"]}
+            seed: {
+                "results": run["results"],
+                "timings_s": run["timings_s"],
+                "grounding_steps": run.get("grounding", {}).get("steps"),
+                "load_average": run.get("load_average"),
+            }
             for seed, run in runs.items()
         },
         "spread": spread,
@@ -146,13 +154,21 @@ def seeds_markdown(summary: dict) -> str:
         cells = [_spread_cell(summary["spread"][c][f"{bench}/{metric}"]) for c in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     head = ["seed"] + [f"{label} {_title(c)}" for _, _, label, _ in METRICS for c in columns]
-    lines += ["", "| " + " | ".join(head + ["wall s", "CPU s"]) + " |"]
-    lines.append("|---:|" + "---:|" * (len(head) + 1))
+    extra = ["grounding steps", "wall s", "CPU s", "load avg."]
+    lines += ["", "| " + " | ".join(head + extra) + " |"]
+    lines.append("|---:|" + "---:|" * (len(head) + len(extra) - 1))
     for seed, run in summary["per_seed"].items():
         cells = [f"{run['results'][c][f'{b}/{m}']:.3f}" for b, m, _, _ in METRICS for c in columns]
         timing = run["timings_s"]
         cpu = timing.get("cpu_total")
-        cells += [f"{timing['total']:.0f}", "" if cpu is None else f"{cpu:.0f}"]
+        load = run.get("load_average") or {}
+        loads = [load.get("start"), load.get("end")]
+        cells += [
+            str(run.get("grounding_steps") or ""),
+            f"{timing['total']:.0f}",
+            "" if cpu is None else f"{cpu:.0f}",
+            "" if None in loads else f"{loads[0]:.1f}–{loads[1]:.1f}",
+        ]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

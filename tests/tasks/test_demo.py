@@ -257,6 +257,7 @@ def _check_run_folder(out, columns):
     machine = summary["machine"]  # what made the numbers
     assert machine["torch"] and machine["bitsandbytes"] and machine["cores"] >= 1
     assert isinstance(machine["avx512_bf16"], bool) and machine["torch_threads"] == 1
+    assert set(summary["load_average"]) == {"start", "end"}
     return summary
 
 
@@ -273,6 +274,8 @@ def test_demo_smoke_run_writes_the_run_folder(tmp_path, capfd):
     assert run_demo(out, TINY, compare="dpo") == 0
     summary = _check_run_folder(out, ["sft", "uni_dpo", "dpo"])
     assert summary["train"]["uni_dpo"]["steps"] == 2
+    grounding = summary["grounding"]  # 2 steps, checked after each; tiny models do not pass
+    assert grounding["steps"] == 2 and 0.0 <= grounding["check_accuracy"] <= 1.0
     printed, errors = capfd.readouterr()
     assert "POPE accuracy" in printed and "Uni-DPO" in printed and "total time" in printed
     # Six stages, each numbered once and in order: grounding, noisy SFT, pairs, Uni-DPO, DPO,
