@@ -83,9 +83,9 @@ class DemoSettings:
     """Share of a check set of one-object yes/no questions (other scenes than the training
     ones) the model must answer right for the first SFT stage to end."""
     grounding_batch_size: int = 64
-    """Examples per step of the first SFT stage. Larger batches learned to match the
-    question's object to the image on more seeds: at 16, seed 3 answered by colour alone
-    after 1800 steps; at 32, seed 4 did after 1200; at 64 it passed in 400."""
+    """Examples per step of the first SFT stage. Larger batches passed the check on more
+    seeds: at 16, seed 3 did not in 1800 steps; at 32, seed 4 did not in 1200; at 64 it
+    passed at step 400 (docs/demo.md)."""
     grounding_replay: float = 1.0
     """Share of the grounding examples mixed into the second, noisy SFT stage (0: none;
     only with the first stage). The noisy examples are the same with or without them."""
