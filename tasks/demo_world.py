@@ -180,9 +180,8 @@ def grounding_examples(num_scenes: int, *, seed: int = SFT_SEED + 1) -> list[SFT
 
     A model this small learns to read colour and shape from one object before it has to
     list several; without this stage it learned how many objects a scene had but not which,
-    and without its yes/no questions it answered "Yes." to every question. Asking for both
-    kinds of look-alike keeps it from answering by colour alone (it did, on some seeds, when
-    the absent object was drawn from all look-alikes).
+    and without its yes/no questions it answered "Yes." to every question. Both kinds of
+    look-alike are asked, so that neither the colour nor the shape alone gives the answer.
     """
     rng = random.Random(seed)
     examples = []
