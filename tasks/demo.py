@@ -1,6 +1,6 @@
 """The offline demo: a tiny VLM learns the shapes world, hallucinates, and Uni-DPO fixes some of it.
 
-    mmdpo demo [--out runs/demo] [--compare dpo] [key=value ...]
+    mmdpo demo [--out runs/demo] [--compare dpo] [--seeds 0-9] [key=value ...]
 
 Steps, all on CPU, offline, seeded:
 
