@@ -10,7 +10,7 @@ line out for a user's mistake. Nothing imports this module but ``python -m mmdpo
     mmdpo export RUN [--merge] --out DIR
     mmdpo score IN OUT --scorer NAME
     mmdpo pairs PROMPTS OUT --model M --k 8
-    mmdpo demo [--out DIR] [--compare dpo] [key=value ...]
+    mmdpo demo [--out DIR] [--compare dpo] [--seeds 0-9] [key=value ...]
     mmdpo ablate --task demo|smol-text|smol-math|config [--config F] [--seeds N] [--out DIR]
     mmdpo report RUN [RUN ...] [--out FILE]
 
@@ -207,6 +207,10 @@ def cmd_losses(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from tasks.demo import run_demo
 
+    if args.seeds:
+        from tasks.demo_seeds import parse_seeds, run_demo_seeds
+
+        return run_demo_seeds(args.out, parse_seeds(args.seeds), args.words, args.compare)
     return run_demo(out_dir=args.out, overrides=args.words, compare=args.compare)
 
 
@@ -329,6 +333,9 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the offline demo: a tiny model aligned in minutes")
     demo.add_argument("--out", default="runs/demo", help="run folder")
     demo.add_argument("--compare", default=None, help="also train this loss (e.g. dpo)")
+    demo.add_argument(
+        "--seeds", help="run once per seed (e.g. 0-9 or 1,3,5) into OUT/seed-N; print the spread"
+    )
     demo.add_argument("words", nargs="*", help="dotted overrides of the demo config")
     demo.set_defaults(func=cmd_demo)
     return parser

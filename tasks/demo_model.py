@@ -183,10 +183,14 @@ def supervised_warmup(
     learning_rate: float,
     seed: int,
     log: Callable[[str], None] = print,
+    stop_check: Callable[[int], bool] | None = None,
+    check_every: int = 100,
 ) -> list[float]:
     """Full fine-tuning with AdamW (linear warm-up, cosine decay) on (scene, prompt, answer).
 
-    Returns the loss of each step. Seeded: the same inputs give the same model.
+    With ``stop_check``, the learning rate stays constant after the warm-up, and training
+    ends early at the first multiple of ``check_every`` steps where ``stop_check(step)`` is
+    true. Returns the loss of each step. Seeded: the same inputs give the same model.
     """
     rows = []
     for example in examples:
@@ -199,6 +203,8 @@ def supervised_warmup(
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if stop_check is not None:
+            return 1.0
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -221,8 +227,40 @@ def supervised_warmup(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-            if (step + 1) % max(1, steps // 5) == 0 or step + 1 == steps:
+            if stop_check is not None and (step + 1) % check_every == 0:
+                if stop_check(step + 1):
+                    break
+                model.train()
+            elif (step + 1) % max(1, steps // 5) == 0 or step + 1 == steps:
                 elapsed = time.perf_counter() - started
                 log(f"  SFT step {step + 1}/{steps}: loss {loss:.3f} ({elapsed:.0f} s)")
     model.eval()
     return losses
+
+
+def yes_no_accuracy(model: Any, encoder: Encoder, examples: Sequence[Any]) -> float:
+    """Share of yes/no ``examples`` whose answer the model prefers: the first token of the
+    target ("Y" of "Yes.") scores above the first token of the other answer."""
+    first = {
+        answer: encoder.tokenizer(answer, add_special_tokens=False)["input_ids"][0]
+        for answer in ("Yes.", "No.")
+    }
+    rows, targets = [], []
+    for example in examples:
+        image = encoder.image(example.scene, example.scene.render)
+        prompt = encoder.prompt_ids(example.prompt, image["image_grid_thw"])
+        rows.append((prompt, encoder.answer_ids(example.answer), image))
+        targets.append(example.answer == "Yes.")
+    right = 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), 32):
+            chunk = rows[start : start + 32]
+            batch = encoder.batch(chunk)
+            batch.pop("labels")
+            logits = model(**batch).logits
+            for offset, (prompt, _, _) in enumerate(chunk):
+                scores = logits[offset, len(prompt) - 1]
+                says_yes = bool(scores[first["Yes."]] > scores[first["No."]])
+                right += says_yes == targets[start + offset]
+    return right / len(rows)

@@ -2,12 +2,13 @@
 shapes, each object a large flat shape at a fixed place in its quadrant): SFT examples, scored
 preference pairs, and the POPE / CHAIR evaluation files.
 
-Disjoint seeds give disjoint sets of scenes: the SFT grounding stage, the SFT warm-up, the
-preference pairs, the evaluation. Everything is seeded; the same settings give the same
-data byte for byte.
+Disjoint seeds give disjoint sets of scenes: the SFT grounding stage, its check, the SFT
+warm-up, the preference pairs, the evaluation. Everything is seeded; the same settings give
+the same data byte for byte.
 
-The grounding stage is clean. The main SFT data is deliberately imperfect in two ways that
-real captioning data is:
+The grounding stage is clean; its examples are replayed beside the noisy ones in the second
+stage (:func:`with_replay`). The main SFT data is deliberately imperfect in two ways that real
+captioning data is:
 
 - some descriptions name an object that is not in the image (``extra_object_rate``), taken
   from the objects that look like the ones present (the same colour or the same shape),
@@ -43,6 +44,8 @@ from eval.shapes_world import (
 from mmdpo.types import PreferenceSample
 
 SFT_SEED = 1001
+GROUNDING_CHECK_SEED = SFT_SEED + 2
+REPLAY_SEED = SFT_SEED + 3
 PAIR_SEED = 2002
 EVAL_SEED = 3003
 SOURCE = "shapes-world-demo"
@@ -171,23 +174,38 @@ def sft_examples(
 
 
 def grounding_examples(num_scenes: int, *, seed: int = SFT_SEED + 1) -> list[SFTExample]:
-    """The first SFT stage, all answers correct: one-object scenes, each with its description,
-    a question about its object ("Yes.") and one about a similar absent object ("No.").
+    """The first SFT stage, all answers correct: one-object scenes, each with its description
+    and four yes/no questions, two about its object ("Yes.") and two about absent look-alikes
+    ("No."): its colour in another shape, and its shape in another colour.
 
     A model this small learns to read colour and shape from one object before it has to
     list several; without this stage it learned how many objects a scene had but not which,
-    and without its yes/no questions it answered "Yes." to every question.
+    and without its yes/no questions it answered "Yes." to every question. Both kinds of
+    look-alike are asked, so that neither the colour nor the shape alone gives the answer.
     """
     rng = random.Random(seed)
     examples = []
     for scene in make_scenes(num_scenes, seed, max_objects=1):
-        name = scene.object_names[0]
-        examples.append(SFTExample(scene, DESCRIBE_PROMPT, describe([name])))
-        examples.append(SFTExample(scene, question_prompt(name), "Yes."))
-        absent = absent_objects(scene, 1, rng)[0]
-        examples.append(SFTExample(scene, question_prompt(absent), "No."))
+        obj = scene.objects[0]
+        examples.append(SFTExample(scene, DESCRIBE_PROMPT, describe([obj.name])))
+        other_shape = [f"{obj.color} {shape}" for shape in SHAPES if shape != obj.shape]
+        other_color = [f"{color} {obj.shape}" for color in DEMO_COLORS if color != obj.color]
+        for look_alikes in (other_shape, other_color):
+            examples.append(SFTExample(scene, question_prompt(obj.name), "Yes."))
+            examples.append(SFTExample(scene, question_prompt(rng.choice(look_alikes)), "No."))
     rng.shuffle(examples)
     return examples
+
+
+def with_replay(
+    examples: list[SFTExample], replayed: list[SFTExample], share: float, seed: int = REPLAY_SEED
+) -> list[SFTExample]:
+    """``examples`` and a ``share`` of ``replayed`` (drawn without replacement), shuffled
+    together."""
+    rng = random.Random(seed)
+    mixed = examples + rng.sample(replayed, round(share * len(replayed)))
+    rng.shuffle(mixed)
+    return mixed
 
 
 def _sample(

@@ -1,13 +1,23 @@
 """The offline demo: its data world, its settings, a fast end-to-end smoke run, the full run."""
 
 import json
+import re
+from collections import Counter
 
 import pytest
 
 from eval.chair import VOCABULARIES, chair_record
 from eval.shapes_world import make_scenes, scene_objects_for_chair
 from mmdpo.config import ConfigError
-from tasks.demo import engine_configs, prepare_out_dir, run_demo, split_overrides
+from tasks.demo import (
+    METRICS,
+    Stages,
+    engine_configs,
+    prepare_out_dir,
+    run_demo,
+    split_overrides,
+    stage_names,
+)
 from tasks.demo_world import (
     DEMO_COLORS,
     PAIR_SEED,
@@ -19,11 +29,14 @@ from tasks.demo_world import (
     preference_pairs,
     sft_examples,
     similar_absent,
+    with_replay,
 )
 
 TINY = [
     "demo.sft_scenes=12",
     "demo.grounding_steps=2",
+    "demo.grounding_batch_size=4",
+    "demo.grounding_check_every=1",
     "demo.sft_steps=4",
     "demo.sft_batch_size=4",
     "demo.pair_scenes=6",
@@ -64,10 +77,17 @@ def test_demo_world_is_easy_to_see_and_its_pope_rows_are_balanced():
     rows = pope_questions(scenes, 7)
     labels = [row["label"] for row in rows]
     assert labels.count("yes") == labels.count("no")
+    negatives = Counter()
     for example in grounding_examples(30):  # the first SFT stage: every answer is correct
         name = example.prompt.split("Is there a ")[-1].split(" in the image?")[0]
         if example.answer in ("Yes.", "No."):
-            assert (name in example.scene.object_names) == (example.answer == "Yes.")
+            (present,) = example.scene.object_names
+            assert (name == present) == (example.answer == "Yes.")
+            if name != present:  # a look-alike: the same colour or the same shape, not both
+                same = [a == b for a, b in zip(name.split(), present.split(), strict=True)]
+                negatives["same colour" if same[0] else "same shape"] += 1
+                assert sum(same) == 1
+    assert negatives == {"same colour": 30, "same shape": 30}  # one of each per scene
 
 
 def test_patch_embedding_init_reads_mean_colour():
@@ -94,6 +114,36 @@ def test_patch_embedding_init_reads_mean_colour():
     assert out[0].item() == pytest.approx(-1.0) and out[1].item() == pytest.approx(-0.5)
     assert out[3 + 1].item() == pytest.approx(-2.0)  # corner 0, green
     assert out[15:].abs().max().item() == 0.0
+
+
+def test_warmup_with_a_check_stops_at_the_first_check_passed(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tasks.demo_model import Encoder, ModelSize, build_demo_vlm, supervised_warmup
+
+    build_demo_vlm(tmp_path, ModelSize(hidden_size=64, intermediate_size=128))
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    encoder = Encoder(AutoProcessor.from_pretrained(tmp_path))
+    checked = []
+
+    def passes(step):
+        checked.append((step, model.training))
+        return step == 4
+
+    losses = supervised_warmup(
+        model,
+        encoder,
+        grounding_examples(4),
+        steps=10,
+        batch_size=2,
+        learning_rate=1e-3,
+        seed=0,
+        log=lambda line: None,
+        stop_check=passes,
+        check_every=2,
+    )
+    assert len(losses) == 4 and [step for step, _ in checked] == [2, 4]
+    assert not model.training  # left in eval mode, as without a check
 
 
 def test_pairs_are_scored_by_rule_and_flipped_pairs_show_it_in_their_scores():
@@ -138,6 +188,19 @@ def test_sft_data_carries_the_configured_noise():
             assert e.answer == "No."
     assert 0.4 < fooled / similar_asked < 0.6  # false_yes_rate 0.5, on similar objects only
     assert sft_examples(300, extra_object_rate=0.0, false_yes_rate=0.0) != examples
+
+
+def test_replay_adds_clean_examples_and_leaves_the_noisy_ones_as_they_are():
+    noisy = sft_examples(60)
+    clean = grounding_examples(20)  # 100 examples
+    mixed = with_replay(noisy, clean, 0.5)
+    noisy_ids, clean_ids = {id(e) for e in noisy}, {id(e) for e in clean}
+    assert Counter(id(e) for e in mixed if id(e) in noisy_ids) == Counter(noisy_ids)
+    replayed = [id(e) for e in mixed if id(e) not in noisy_ids]
+    assert len(replayed) == 50 and set(replayed) <= clean_ids  # half of them,
+    assert len(set(replayed)) == 50  # each once
+    assert len(with_replay(noisy, clean, 1.0)) == len(noisy) + len(clean)
+    assert with_replay(noisy, clean, 0.5) == mixed  # seeded
 
 
 def test_overrides_split_between_demo_and_engine(tmp_path):
@@ -190,17 +253,45 @@ def _check_run_folder(out, columns):
         assert summary["configs"][name]["model"]["quantization"] == "4bit"
     assert (out / "plots" / "demo_evals.png").stat().st_size > 0
     assert (out / "sft" / "model.safetensors").is_file()
-    assert summary["timings_s"]["total"] > 0
+    assert summary["timings_s"]["total"] > 0 and summary["timings_s"]["cpu_total"] > 0
+    machine = summary["machine"]  # what made the numbers
+    assert machine["torch"] and machine["bitsandbytes"] and machine["cores"] >= 1
+    assert isinstance(machine["avx512_bf16"], bool) and machine["torch_threads"] == 1
+    assert set(summary["load_average"]) == {"start", "end"}
     return summary
 
 
-def test_demo_smoke_run_writes_the_run_folder(tmp_path, capsys):
+def _stage_numbers(printed: str) -> list[tuple[int, int]]:
+    return [
+        tuple(int(n) for n in line[1 : line.index("]")].split("/"))
+        for line in printed.splitlines()
+        if re.match(r"\[\d+/\d+\] ", line)
+    ]
+
+
+def test_demo_smoke_run_writes_the_run_folder(tmp_path, capfd):
     out = tmp_path / "demo"
     assert run_demo(out, TINY, compare="dpo") == 0
     summary = _check_run_folder(out, ["sft", "uni_dpo", "dpo"])
     assert summary["train"]["uni_dpo"]["steps"] == 2
-    printed = capsys.readouterr().out
+    grounding = summary["grounding"]  # 2 steps, checked after each; tiny models do not pass
+    assert grounding["steps"] == 2 and 0.0 <= grounding["check_accuracy"] <= 1.0
+    printed, errors = capfd.readouterr()
     assert "POPE accuracy" in printed and "Uni-DPO" in printed and "total time" in printed
+    # Six stages, each numbered once and in order: grounding, noisy SFT, pairs, Uni-DPO, DPO,
+    # eval (two SFT stages once both printed [1/4]).
+    assert _stage_numbers(printed) == [(i, 6) for i in range(1, 7)]
+    assert "SFT stage 1" in printed and "SFT stage 2" in printed and "machine: " in printed
+    # Clean output: nothing from libraries (warnings, progress bars), no traceback.
+    assert errors == "" and "Traceback" not in printed and "Warning" not in printed
+
+
+def test_stage_numbers_follow_the_plan():
+    settings, _ = split_overrides(["demo.grounding_steps=0"])
+    assert stage_names(settings, ["uni_dpo"]) == ["sft", "pairs", "align_uni_dpo", "eval"]
+    stages = Stages(["sft", "pairs"])
+    with pytest.raises(RuntimeError, match="expected 'sft'"):
+        stages.start("pairs", "out of order")
 
 
 @pytest.mark.slow
@@ -209,3 +300,40 @@ def test_full_demo_within_ten_minutes(tmp_path):
     assert run_demo(out, compare="dpo") == 0
     summary = _check_run_folder(out, ["sft", "uni_dpo", "dpo"])
     assert summary["timings_s"]["total"] < 600
+    # The SFT model perceives: it passed the grounding check and does not answer "Yes." to
+    # (nearly) every question, as seeds 1 and 3 did before the check (docs/demo.md).
+    assert summary["grounding"]["check_accuracy"] >= 0.95
+    assert summary["results"]["sft"]["pope/yes_ratio"] < 0.9
+
+
+def test_seed_lists_and_their_spread():
+    from tasks.demo_seeds import format_spread, parse_seeds, seed_summary, seeds_markdown
+
+    assert parse_seeds("0-3") == [0, 1, 2, 3] and parse_seeds("1,3,5") == [1, 3, 5]
+    assert parse_seeds("0-1,7") == [0, 1, 7]
+    for bad in ("3-1", "a", "1,1"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
+
+    def run(accuracy, seconds):
+        metrics = {f"{b}/{m}": 0.5 for b, m, _, _ in METRICS} | {"pope/accuracy": accuracy}
+        return {
+            "results": {"sft": metrics, "uni_dpo": metrics},
+            "timings_s": {"total": seconds, "cpu_total": seconds / 2},
+        }
+
+    summary = seed_summary({0: run(0.6, 100), 1: run(0.8, 140), 2: run(0.7, 120)})
+    accuracy = summary["spread"]["uni_dpo"]["pope/accuracy"]
+    # mean 0.7; sample std sqrt((0.01 + 0.01 + 0) / 2) = 0.1; min 0.6, max 0.8
+    assert accuracy == pytest.approx({"mean": 0.7, "std": 0.1, "min": 0.6, "max": 0.8})
+    assert summary["wall_s"]["mean"] == pytest.approx(120) and summary["cpu_s"]["max"] == 70
+    printed = format_spread(summary)
+    assert "over 3 seeds (0-2)" in printed and "0.700 ± 0.100 [0.600–0.800]" in printed
+    assert "| 2 | 0.700 | 0.700 |" in seeds_markdown(summary)
+
+
+def test_seeds_and_demo_seed_are_not_both_given(tmp_path):
+    from tasks.demo_seeds import run_demo_seeds
+
+    with pytest.raises(ConfigError, match="--seeds and demo.seed"):
+        run_demo_seeds(tmp_path, [0, 1], ["demo.seed=3"])
