@@ -327,14 +327,13 @@ def format_groups(calibration: Calibration) -> str:
     scale = "the raw scores" if method == "none" else f"the {method} scale"
     lines = [
         f"score groups (calibration {method}): pairs, mean and std of the raw scores, "
-        f"tau_good = median chosen score on {scale}"
+        f"auto tau_good = median chosen score on {scale} (used only with tau_good: auto)"
     ]
     for (modality, source), stats in sorted(calibration.groups.items()):
         head = f"  {modality}/{source}: {stats.pairs} pairs"
         if stats.n == 0:
             lines.append(f"{head}, no scores")
             continue
-        lines.append(
-            f"{head}, mean {stats.mean:.4g}, std {stats.std:.4g}, tau_good {stats.tau_good:.4g}"
-        )
+        spread = f"mean {stats.mean:.4g}, std {stats.std:.4g}"
+        lines.append(f"{head}, {spread}, auto tau_good {stats.tau_good:.4g}")
     return "\n".join(lines)

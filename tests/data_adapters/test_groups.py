@@ -42,8 +42,8 @@ def test_two_files_without_source_give_two_groups(tmp_path):
     assert calibration.groups[("text", "reward_model")].mean == pytest.approx(57.5)
     assert calibration.groups[("text", "judge")].pairs == 4
     lines = format_groups(calibration).splitlines()
-    assert lines[1].startswith("  text/judge: 4 pairs, mean 5.5, std 2.291, tau_good ")
-    assert lines[2].startswith("  text/reward_model: 3 pairs, mean 57.5, std 26.73, tau_good ")
+    assert lines[1].startswith("  text/judge: 4 pairs, mean 5.5, std 2.291, auto tau_good ")
+    assert lines[2].startswith("  text/reward_model: 3 pairs, mean 57.5, std 26.73, auto tau_good ")
 
 
 def test_a_rows_source_field_wins_over_the_stem_and_the_config_over_both(tmp_path):
@@ -83,8 +83,9 @@ def test_inspect_shows_one_line_per_group(tmp_path):
 
     text = format_inspection(inspect_samples(samples))
     # raw tau_good: the median chosen score, 7.5 of (6 7 8 9) and 80 of (70 80 95)
-    assert "  text/judge: 4 pairs, mean 5.5, std 2.291, tau_good 7.5" in text.splitlines()
-    assert "  text/reward_model: 3 pairs, mean 57.5, std 26.73, tau_good 80" in text.splitlines()
+    lines = text.splitlines()
+    assert "  text/judge: 4 pairs, mean 5.5, std 2.291, auto tau_good 7.5" in lines
+    assert "  text/reward_model: 3 pairs, mean 57.5, std 26.73, auto tau_good 80" in lines
 
 
 def test_held_out_file_joins_the_one_training_group(tmp_path):

@@ -210,8 +210,9 @@ def test_two_files_train_in_two_groups_printed_before_training(tiny_llama_dir, t
     assert code == 0
     out = capsys.readouterr().out.splitlines()
     head = out.index("score groups (calibration zscore): pairs, mean and std of the raw scores, "
-                     "tau_good = median chosen score on the zscore scale")  # fmt: skip
-    assert out[head + 1].startswith("  text/judge: 4 pairs, mean 5.5, std 2.291, tau_good ")
+                     "auto tau_good = median chosen score on the zscore scale "
+                     "(used only with tau_good: auto)")  # fmt: skip
+    assert out[head + 1].startswith("  text/judge: 4 pairs, mean 5.5, std 2.291, auto tau_good ")
     assert out[head + 2].startswith("  text/reward_model: 3 pairs, mean 57.5, std 26.73, ")
     assert head < next(i for i, line in enumerate(out) if line.startswith("run folder:"))
     saved = json.loads((tmp_path / "run" / "calibration.json").read_text())
@@ -244,8 +245,8 @@ def test_data_inspect_shows_the_groups_of_several_files(tmp_path, capsys):
     reward = _scored_file(tmp_path / "reward_model.jsonl", [(80, 30), (95, 50), (70, 20)])
     assert main(["data", "inspect", str(judge), str(reward), "--format", "trl"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert "  text/judge: 4 pairs, mean 5.5, std 2.291, tau_good 7.5" in out
-    assert "  text/reward_model: 3 pairs, mean 57.5, std 26.73, tau_good 80" in out
+    assert "  text/judge: 4 pairs, mean 5.5, std 2.291, auto tau_good 7.5" in out
+    assert "  text/reward_model: 3 pairs, mean 57.5, std 26.73, auto tau_good 80" in out
 
 
 def test_no_preference_and_overflowing_scores_are_refused_with_file_and_line(tmp_path, capsys):
