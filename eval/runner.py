@@ -80,17 +80,7 @@ def run_benchmarks(
     Returns:
         One ``EvalResult`` per benchmark, in the order named.
     """
-    try:
-        benchmarks = [get_benchmark(name) for name in parse_names(names)]
-    except KeyError as error:
-        raise EvalError(error.args[0]) from None
-    has_adapter = adapter is not None or is_run_folder(model)
-    for bench in benchmarks:
-        if bench.kind == "loglikelihood" and not has_adapter:
-            raise EvalError(
-                f"{bench.name} compares the model with its adapter on and off: give a run "
-                "folder as --model, or --adapter RUN"
-            )
+    benchmarks = _benchmarks(names, has_adapter=adapter is not None or is_run_folder(model))
     datasets = [bench.load(data, limit) for bench in benchmarks]  # data errors before loading
     try:
         loaded = InferenceModel.load(model, adapter, dtype=dtype, model_settings=model_settings)
@@ -125,6 +115,21 @@ def run_benchmarks(
             result.save(out_dir)
         results.append(result)
     return results
+
+
+def _benchmarks(names: str | Sequence[str], *, has_adapter: bool) -> list[Any]:
+    """The named benchmarks; a log-likelihood one needs an adapter to switch off."""
+    try:
+        benchmarks = [get_benchmark(name) for name in parse_names(names)]
+    except KeyError as error:
+        raise EvalError(error.args[0]) from None
+    for bench in benchmarks:
+        if bench.kind == "loglikelihood" and not has_adapter:
+            raise EvalError(
+                f"{bench.name} compares the model with its adapter on and off: give a run "
+                "folder as --model, or --adapter RUN"
+            )
+    return benchmarks
 
 
 def _run_generation(

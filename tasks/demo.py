@@ -311,21 +311,7 @@ def run_demo(
     sft = build_sft_model(out_dir / "sft", settings, stages)
     clock = stage("sft", clock)
 
-    from tasks.demo_world import preference_pairs, write_eval_data
-
-    pairs = preference_pairs(
-        settings.pair_scenes,
-        low_margin_rate=settings.low_margin_rate,
-        flip_rate=settings.flip_rate,
-        score_noise=settings.score_noise,
-    )
-    write_pairs(out_dir / "pairs.jsonl", pairs)
-    kinds = Counter(sample.meta["kind"] for sample in pairs)
-    stages.start(
-        "pairs",
-        f"{len(pairs)} preference pairs: " + ", ".join(f"{k} {n}" for k, n in kinds.items()),
-    )
-    eval_files = write_eval_data(out_dir / "eval_data", settings.pope_scenes, settings.chair_scenes)
+    pairs, kinds, eval_files = write_demo_data(out_dir, settings, stages)
     clock = stage("data", clock)
 
     from mmdpo.trainer import train
@@ -375,6 +361,28 @@ def run_demo(
         f"{_fmt_load(load['start'])} -> {_fmt_load(load['end'])} ({_timing_line(timings)})"
     )
     return 0
+
+
+def write_demo_data(
+    out_dir: Path, settings: DemoSettings, stages: Stages
+) -> tuple[list[Any], Counter, dict[str, Path]]:
+    """The preference pairs (``pairs.jsonl``) and the POPE / CHAIR eval files of the world."""
+    from tasks.demo_world import preference_pairs, write_eval_data
+
+    pairs = preference_pairs(
+        settings.pair_scenes,
+        low_margin_rate=settings.low_margin_rate,
+        flip_rate=settings.flip_rate,
+        score_noise=settings.score_noise,
+    )
+    write_pairs(out_dir / "pairs.jsonl", pairs)
+    kinds = Counter(sample.meta["kind"] for sample in pairs)
+    stages.start(
+        "pairs",
+        f"{len(pairs)} preference pairs: " + ", ".join(f"{k} {n}" for k, n in kinds.items()),
+    )
+    eval_files = write_eval_data(out_dir / "eval_data", settings.pope_scenes, settings.chair_scenes)
+    return pairs, kinds, eval_files
 
 
 @dataclass
