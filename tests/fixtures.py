@@ -8,6 +8,7 @@ on-disk cache of `mmdpo.tiny.build_tokenizer` after its first build.
 from __future__ import annotations
 
 import copy
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +105,22 @@ def arithmetic_pairs(n, seed=0, with_scores=True, prefix="p"):
             )
         )
     return out
+
+
+def write_pairs(path: Path, n: int = 8) -> Path:
+    """``n`` scored TRL-format arithmetic pairs (chosen right, rejected off by one) as JSONL."""
+    rows = [
+        {
+            "prompt": f"What is {i} plus {i}?",
+            "chosen": f"It is {2 * i}.",
+            "rejected": f"It is {2 * i + 1}.",
+            "score_chosen": 8.0,
+            "score_rejected": 3.0,
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def make_config(model_dir, out_dir, *extra):

@@ -14,21 +14,7 @@ from safetensors.torch import load_file
 from mmdpo.checkpoint import checkpoint_dir
 from mmdpo.cli import main
 from mmdpo.run_folder import RunFolder, RunFolderError, check_output_dir
-
-
-def write_pairs(path, n=8):
-    rows = [
-        {
-            "prompt": f"What is {i} plus {i}?",
-            "chosen": f"It is {2 * i}.",
-            "rejected": f"It is {2 * i + 1}.",
-            "score_chosen": 8.0,
-            "score_rejected": 3.0,
-        }
-        for i in range(n)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from tests.fixtures import write_pairs
 
 
 def train_args(model_dir, pairs, run, *extra):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -11,21 +10,7 @@ from mmdpo.cli import main
 from mmdpo.config import load_config
 from tasks import get_task
 from tasks.run import EvalPlan, before_after_table, train_run
-
-
-def write_pairs(path, n=8):
-    rows = [
-        {
-            "prompt": f"What is {i} plus {i}?",
-            "chosen": f"It is {2 * i}.",
-            "rejected": f"It is {2 * i + 1}.",
-            "score_chosen": 8.0,
-            "score_rejected": 3.0,
-        }
-        for i in range(n)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from tests.fixtures import write_pairs
 
 
 @pytest.mark.slow  # two model loads and generation on top of a short run (~30 s on 2 cores)
