@@ -140,11 +140,12 @@ class Preference(Benchmark):
 
 def to_sample(item: dict[str, Any]) -> PreferenceSample:
     """The item as the engine's sample type (what the runner feeds its log-prob pass)."""
+    # A missing source stays the sample type's UNSOURCED; calibrate() then picks the group.
     fields = ("id", "prompt", "chosen", "rejected", "images", "score_chosen", "score_rejected")
+    fields += ("source",)
     return PreferenceSample(
         **{name: item[name] for name in fields if name in item},
         modality=item.get("modality", "text"),
-        source=item.get("source", "eval"),
     )
 
 

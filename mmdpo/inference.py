@@ -21,6 +21,7 @@ config, which calibration of a run folder) and :func:`margin_settings` (β and m
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 
 import torch
 
-from mmdpo.types import Message, PreferenceSample
+from mmdpo.types import UNSOURCED, Message, PreferenceSample
 
 DEFAULT_MAX_LENGTH = 1024
 
@@ -321,7 +322,22 @@ class InferenceModel:
         if calibration.method == "none":
             return samples, "none"
         calibration.on_unknown = "raw"
-        return [calibration.apply(sample) for sample in samples], f"{calibration.method} ({path})"
+        fitted = {key for key, stats in calibration.groups.items() if stats.n > 0}
+        out, raw = [], 0
+        for sample in samples:
+            if (sample.modality, sample.source) not in fitted:
+                only = [source for modality, source in fitted if modality == sample.modality]
+                if sample.source == UNSOURCED and len(only) == 1:
+                    # A pair that names no source is taken as the run's one group of its
+                    # modality; with several groups it would be a guess, so it stays raw.
+                    sample = dataclasses.replace(sample, source=only[0])
+                else:
+                    raw += 1
+            out.append(calibration.apply(sample))
+        what = f"{calibration.method} ({path})"
+        if raw:
+            what += f"; {raw} of {len(samples)} pairs kept raw scores (groups the run never fitted)"
+        return out, what
 
     def _batches(
         self, samples: Sequence[PreferenceSample], batch_size: int, max_length: int | None

@@ -15,6 +15,10 @@ MODALITIES: tuple[str, ...] = ("text", "math", "vision")
 Message = dict[str, Any]
 
 
+# The source of a sample whose data names none (calibration groups are keyed by it).
+UNSOURCED = "unknown"
+
+
 @dataclass
 class PreferenceSample:
     """One preference pair, normalized from any source format (no tokenizer involved).
@@ -45,7 +49,7 @@ class PreferenceSample:
     score_chosen: float | None = None
     score_rejected: float | None = None
     modality: str = "text"
-    source: str = "unknown"
+    source: str = UNSOURCED
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,7 +95,7 @@ class TokenizedPair:
     chosen_ids: list[int]
     rejected_ids: list[int]
     modality: str = "text"
-    source: str = "unknown"
+    source: str = UNSOURCED
     score_chosen: float | None = None
     score_rejected: float | None = None
     image_inputs: dict[str, torch.Tensor] | None = None

@@ -214,3 +214,22 @@ def test_preference_uses_the_run_score_calibration(tiny_llama_dir, tmp_path):
         r["score_rejected"] for r in result.records
     ]
     assert abs(sum(scores) / len(scores)) < 1e-6, "z-scored over the same pairs: mean 0"
+    assert "raw" not in result.generation["calibration"]
+
+    # No source: the run's one text group; another source: raw scores, and the result says so.
+    for source, calibrated in ((None, True), ("elsewhere", False)):
+        for row in rows:
+            row.pop("source", None)
+            if source:
+                row["source"] = source
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        (other,) = run_benchmarks(["preference"], model=str(run), data=data, progress=False)
+        got = [r["score_chosen"] for r in other.records]
+        want = (
+            [r["score_chosen"] for r in result.records]
+            if calibrated
+            else [s.score_chosen for s in pairs]
+        )
+        assert got == pytest.approx(want), source
+        kept_raw = f"{len(rows)} of {len(rows)} pairs kept raw scores"
+        assert (kept_raw in other.generation["calibration"]) is not calibrated, source
