@@ -84,10 +84,13 @@ class PairImages:
         prompt: per pair, the features of its prompt's images (empty for a text pair).
         rejected: per pair, the features of the rejected side's own images, or None when the
             rejected response shares the prompt's images.
+        encoded: the encoder's whole output for the prompts' images (``"prompt"``) and the
+            rejected sides' (``"rejected"``), kept for :func:`project_pair_images`.
     """
 
     prompt: list[ImageFeatures]
     rejected: list[ImageFeatures | None]
+    encoded: dict[str, Any] = field(default_factory=dict)
 
     def rejected_side(self, pair: int) -> ImageFeatures:
         """The images the rejected response of ``pair`` is conditioned on."""
@@ -105,11 +108,14 @@ def encode_images(model: Any, inputs: dict[str, torch.Tensor]) -> list[torch.Ten
     return family_of(model).encode_images(model, inputs)
 
 
-def _encode_by_pair(
-    family: VLMFamily, model: Any, inputs: dict[str, torch.Tensor], owners: torch.Tensor, n: int
+def _split_by_pair(
+    family: VLMFamily,
+    features: list[torch.Tensor],
+    inputs: dict[str, torch.Tensor],
+    owners: torch.Tensor,
+    n: int,
 ) -> list[ImageFeatures]:
-    """Run the encoder once on the images of a batch; split the features by pair."""
-    features = family.encode_images(model, inputs)
+    """A batch's per-image features (and per-image inputs) grouped by the pair they belong to."""
     by_pair = [ImageFeatures() for _ in range(n)]
     for image_index, pair in enumerate(owners.tolist()):
         by_pair[pair].features.append(features[image_index])
@@ -118,22 +124,55 @@ def _encode_by_pair(
     return by_pair
 
 
+def _pair_images(
+    family: VLMFamily, batch: PreferenceBatch, features_of: Any, encoded: dict[str, Any]
+) -> PairImages:
+    """The prompts' images, then the rejected sides' own images (image-contrastive pairs),
+    each through ``features_of(part, image inputs) -> per-image features``, split by pair."""
+    n = batch.num_pairs
+    prompt = [ImageFeatures() for _ in range(n)]
+    if batch.image_inputs:
+        features = features_of("prompt", batch.image_inputs)
+        prompt = _split_by_pair(family, features, batch.image_inputs, batch.image_pairs, n)
+    rejected: list[ImageFeatures | None] = [None] * n
+    if batch.rejected_image_inputs:
+        inputs = batch.rejected_image_inputs
+        features = features_of("rejected", inputs)
+        own = _split_by_pair(family, features, inputs, batch.rejected_image_pairs, n)
+        rejected = [side if side.features else None for side in own]
+    return PairImages(prompt, rejected, encoded)
+
+
 def encode_pair_images(model: Any, batch: PreferenceBatch) -> PairImages:
     """Each image of the batch through the vision encoder once: the prompt's images, then the
     rejected sides' own images (image-contrastive pairs), split by pair."""
     model = unwrap(model)
     family = family_of(model)
-    n = batch.num_pairs
-    prompt = [ImageFeatures() for _ in range(n)]
-    if batch.image_inputs:
-        prompt = _encode_by_pair(family, model, batch.image_inputs, batch.image_pairs, n)
-    rejected: list[ImageFeatures | None] = [None] * n
-    if batch.rejected_image_inputs:
-        own = _encode_by_pair(
-            family, model, batch.rejected_image_inputs, batch.rejected_image_pairs, n
-        )
-        rejected = [side if side.features else None for side in own]
-    return PairImages(prompt, rejected)
+    encoded: dict[str, Any] = {}
+
+    def encode(part: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        features, encoded[part] = family.encode_with_output(model, inputs)
+        return features
+
+    return _pair_images(family, batch, encode, encoded)
+
+
+def project_pair_images(
+    model: Any, batch: PreferenceBatch, images: PairImages
+) -> PairImages | None:
+    """The batch's images through ``model``'s projector alone, on the tower states that
+    ``images`` (an earlier :func:`encode_pair_images` of the same batch) kept: the features an
+    adapter-off reference needs when the adapter reaches the projector but not the tower.
+    None when the family cannot run its projector alone (``VLMFamily.project``)."""
+    model = unwrap(model)
+    family = family_of(model)
+    if family.project is None or not images.encoded:
+        return None
+
+    def project(part: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return family.project(model, images.encoded[part], inputs)
+
+    return _pair_images(family, batch, project, {})
 
 
 def vision_kwargs(model: Any, rows: list[ImageFeatures], input_ids: torch.Tensor) -> dict[str, Any]:
@@ -173,16 +212,23 @@ def two_row_images(images: PairImages) -> list[ImageFeatures]:
 
 
 def forward_logits(
-    model: Any, batch: PreferenceBatch, logits_to_keep: torch.Tensor | None = None
+    model: Any,
+    batch: PreferenceBatch,
+    logits_to_keep: torch.Tensor | None = None,
+    images: PairImages | None = None,
 ) -> torch.Tensor:
     """Logits of all 2B rows in one forward. Shape: (2B, T, V)
 
     With a boolean ``logits_to_keep`` (2B, T) the output layer runs only at those positions
     and the logits come back flattened, row-major. Shape: (M, V)
+    ``images``: the batch's image features when the caller encoded them already
+    (:func:`encode_pair_images`; a step whose reference sees the same features).
     """
     kwargs: dict[str, Any] = {}
     if batch.image_inputs or batch.rejected_image_inputs:
-        rows = two_row_images(encode_pair_images(model, batch))
+        if images is None:
+            images = encode_pair_images(model, batch)
+        rows = two_row_images(images)
         kwargs = vision_kwargs(model, rows, batch.input_ids)
     if logits_to_keep is not None:
         kwargs["logits_to_keep"] = logits_to_keep
@@ -192,7 +238,9 @@ def forward_logits(
     return out.logits
 
 
-def concatenated_forward(model: Any, batch: PreferenceBatch) -> PairLogps:
+def concatenated_forward(
+    model: Any, batch: PreferenceBatch, images: PairImages | None = None
+) -> PairLogps:
     """Policy (or reference) log-probs of a batch in one forward.
 
     The output layer (hidden x vocabulary, often the largest matmul of the model) runs only at
@@ -200,7 +248,7 @@ def concatenated_forward(model: Any, batch: PreferenceBatch) -> PairLogps:
     (2B, T, V) logits never exist: only (M, V) for the M response tokens.
     """
     keep = response_prediction_mask(batch.loss_mask)
-    logits = forward_logits(model, batch, logits_to_keep=keep)
+    logits = forward_logits(model, batch, logits_to_keep=keep, images=images)
     sums, counts = selected_sequence_logps(logits, batch.input_ids, batch.loss_mask)
     n = batch.num_pairs
     return PairLogps(sums[:n], sums[n:], counts[:n], counts[n:])

@@ -24,6 +24,7 @@ import torch
 
 from mmdpo.forward import (
     ImageFeatures,
+    PairImages,
     PairLogps,
     concatenated_forward,
     encode_pair_images,
@@ -123,12 +124,14 @@ def layout_forward(
     *,
     row_tokens: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    images: PairImages | None = None,
 ) -> PairLogps:
     """Policy (or reference) log-probs of a batch in one forward over a denser layout.
 
     Args:
         layout: ``shared_prompt``, ``packed``, or a ``PairLayout`` built already.
         row_tokens: for ``packed``, tokens per row at most (see ``layouts.build_layout``).
+        images: the batch's image features when the caller encoded them already.
 
     Returns:
         the same ``PairLogps`` as ``concatenated_forward`` (summed log-probs and counts).
@@ -138,7 +141,9 @@ def layout_forward(
     kwargs: dict[str, Any] = {}
     rows = None
     if batch.image_inputs or batch.rejected_image_inputs:
-        rows = two_row_images(encode_pair_images(model, batch))  # each image encoded once
+        if images is None:
+            images = encode_pair_images(model, batch)  # each image encoded once
+        rows = two_row_images(images)
         # a block shows the images of the row whose prompt it carries
         blocks = [rows[row] for row in layout.block_rows]
         kwargs = vision_kwargs(model, blocks, layout.input_ids)
@@ -165,15 +170,20 @@ FORWARD_LAYOUTS = ("two_row", "shared_prompt", "packed")
 
 
 def forward_pairs(
-    model: Any, batch: PreferenceBatch, layout: str = "two_row", *, row_tokens: int | None = None
+    model: Any,
+    batch: PreferenceBatch,
+    layout: str = "two_row",
+    *,
+    row_tokens: int | None = None,
+    images: PairImages | None = None,
 ) -> PairLogps:
     """``concatenated_forward`` for ``two_row``, else ``layout_forward``: one call for the
     policy, the reference and the precompute pass, whichever layout a run uses."""
     if layout == "two_row":
-        return concatenated_forward(model, batch)
+        return concatenated_forward(model, batch, images=images)
     if layout not in FORWARD_LAYOUTS:
         raise ValueError(f"unknown forward layout {layout!r}; valid: {', '.join(FORWARD_LAYOUTS)}")
-    return layout_forward(model, batch, layout, row_tokens=row_tokens)
+    return layout_forward(model, batch, layout, row_tokens=row_tokens, images=images)
 
 
 LAYOUT_DESCRIPTIONS = {
@@ -196,8 +206,10 @@ class PairForward:
     layout: str = "two_row"
     row_tokens: int | None = None
 
-    def __call__(self, model: Any, batch: PreferenceBatch) -> PairLogps:
-        return forward_pairs(model, batch, self.layout, row_tokens=self.row_tokens)
+    def __call__(
+        self, model: Any, batch: PreferenceBatch, images: PairImages | None = None
+    ) -> PairLogps:
+        return forward_pairs(model, batch, self.layout, row_tokens=self.row_tokens, images=images)
 
     def describe(self) -> str:
         return f"{self.layout} ({LAYOUT_DESCRIPTIONS[self.layout]})"

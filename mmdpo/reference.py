@@ -29,7 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmdpo.forward import PairLogps, concatenated_forward, unwrap
+from mmdpo.forward import (
+    PairImages,
+    PairLogps,
+    concatenated_forward,
+    project_pair_images,
+    unwrap,
+)
 from mmdpo.reference_cache import ReferenceCache, pair_key
 from mmdpo.run_folder import RunFolder
 from mmdpo.types import PreferenceBatch, TokenizedPair
@@ -73,6 +79,64 @@ def adapter_disabled(model: Any) -> Iterator[Any]:
         yield model
 
 
+def _train_mode_difference(name: str, module: nn.Module) -> str | None:
+    """Why ``module`` computes something else with the adapter off (the reference runs with
+    it off, in eval mode), or None."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    if isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper):
+        return f"{name} has an adapter"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return f"{name} is a batch norm (train and eval modes differ)"
+    rates = [getattr(module, "p", 0.0)] if isinstance(module, nn.Dropout) else []
+    rates += [getattr(module, key, 0.0) for key in ("dropout", "attention_dropout")]
+    if any(isinstance(rate, float) and rate > 0 for rate in rates):
+        return f"{name} drops out in train mode"
+    return None
+
+
+IMAGE_SHARING = ("features", "tower")
+
+
+def image_sharing(policy: Any) -> tuple[str | None, str]:
+    """How much of the policy's image work the adapter-off reference can reuse, and why.
+
+    Switching the adapter off changes only the modules PEFT wrapped (LoRA layers,
+    ``modules_to_save`` copies), and the reference runs in eval mode. So:
+
+    - ``"features"``: nothing in the vision tower or projector changes (no adapter there, no
+      dropout or batch norm): the reference takes the policy's image features as they are;
+    - ``"tower"``: only the projector changes (LoRA on the projector, the default) and the
+      family can run its projector alone (``VLMFamily.project``): the reference re-runs the
+      projector, adapter off, on the tower states of the policy's encode;
+    - None: the reference encodes its images itself (a text model, an adapter in the tower).
+
+    Returns the mode and a line saying why ("" for a text model).
+    """
+    from mmdpo.models.families import FAMILIES, is_vlm_config, model_type
+    from mmdpo.models.lora import module_part
+
+    inner = unwrap(policy)
+    if not is_vlm_config(getattr(inner, "config", None)):
+        return None, ""
+    reasons: dict[str, str] = {}
+    for name, module in inner.named_modules():
+        part = module_part(name)
+        if part != "language" and part not in reasons:
+            reason = _train_mode_difference(name, module)
+            if reason:
+                reasons[part] = reason
+    if not reasons:
+        return "features", "the adapter does not reach the vision tower or projector"
+    if "vision_tower" in reasons:
+        return None, reasons["vision_tower"]
+    family = FAMILIES.get(model_type(inner))
+    if family is None or family.project is None:
+        return None, f"{reasons['projector']} and this family's projector cannot run alone"
+    return "tower", f"{reasons['projector']}: the projector runs again, adapter off"
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Eval mode, no parameter requires grad; returns ``model``."""
     model.eval()
@@ -97,7 +161,8 @@ class ReferenceModel:
         model: Any = None,
         cache: ReferenceCache | None = None,
         keys_by_id: dict[str, str] | None = None,
-        forward: Callable[[Any, PreferenceBatch], PairLogps] = concatenated_forward,
+        forward: Callable[..., PairLogps] = concatenated_forward,
+        shares_images: str | None = None,
     ):
         self.mode = mode
         self.policy = policy
@@ -105,11 +170,21 @@ class ReferenceModel:
         self.cache = cache
         self.keys_by_id = keys_by_id or {}
         self.forward = forward  # the run's layout (mmdpo.layout_forward.PairForward)
+        # adapter_off: how much of the policy's image work logps() reuses (image_sharing);
+        # the step's policy forward then encodes each image once for both.
+        self.shares_images = shares_images if mode == "adapter_off" else None
+        self.sharing_note = ""  # what build_reference found, for the run's log
 
     @torch.no_grad()
-    def logps(self, batch: PreferenceBatch) -> PairLogps:
+    def logps(self, batch: PreferenceBatch, images: PairImages | None = None) -> PairLogps:
+        """The batch's reference log-probs; ``images``: the policy's encode of the batch's
+        images, reused as ``shares_images`` says (without it the reference encodes its own)."""
         if self.mode == "adapter_off":
             with adapter_disabled(self.policy) as base:
+                if images is not None and self.shares_images == "tower":
+                    images = project_pair_images(base, batch, images)
+                if images is not None and self.shares_images is not None:
+                    return self.forward(base, batch, images=images).detach()
                 return self.forward(base, batch).detach()
         if self.mode == "model":
             return self.forward(self.model, batch).detach()
@@ -245,7 +320,10 @@ def build_reference(
         return None
     run_forward = forward if forward is not None else concatenated_forward
     if mode == "adapter_off":
-        return ReferenceModel(mode, policy=policy, forward=run_forward)
+        shares, why = image_sharing(policy)
+        reference = ReferenceModel(mode, policy=policy, forward=run_forward, shares_images=shares)
+        reference.sharing_note = f"{shares or 'nothing'} ({why})" if why else ""
+        return reference
     if mode == "model":
         model = load_reference_model(config, accelerator)
         if hasattr(run_forward, "prepare"):

@@ -474,6 +474,9 @@ class _Loop:
         self.reference = build_reference(
             config, loss.spec, self.model, accelerator, precomputed, forward=self.forward
         )
+        if accelerator.is_main_process and getattr(self.reference, "sharing_note", ""):
+            print(f"adapter-off reference reuses the policy's image work: "
+                  f"{self.reference.sharing_note}", flush=True)  # fmt: skip
         # FSDP / DeepSpeed ZeRO: weights gathered by every process, optimizer state per process.
         self.sharding = sharding_for(accelerator, self.model)
         self.start_step = self.skipped = 0

@@ -34,6 +34,16 @@ def _encode_qwen(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
     return model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
 
 
+def _project_qwen2_vl(model: Any, encoded: Any, inputs: dict[str, torch.Tensor]) -> list:
+    # ``last_hidden_state`` of the visual model is every image's patch states before the
+    # merger (its only module after the blocks); the merger alone gives the features again.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    visual = base.model.visual
+    merged = visual.merger(encoded.last_hidden_state)
+    sizes = (inputs["image_grid_thw"].prod(-1) // visual.spatial_merge_size**2).tolist()
+    return list(torch.split(merged, sizes))
+
+
 def _encode_llava(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
     config = model.config
     return model.get_image_features(
@@ -91,6 +101,11 @@ class VLMFamily:
             prompt, packed rows) passes them.
         vision_tower, projector: module-name components of the vision encoder and of the
             vision-to-text projector (a projector name wins when both occur).
+        project: ``(model, encode output, image inputs) -> per-image features``: the
+            projector alone on the tower states an earlier ``encode`` returned, so that an
+            adapter-off reference whose adapter reaches only the projector reuses the
+            tower's work; None: the family does not split (Qwen2.5-VL's merger output is
+            re-ordered by window indices the output does not carry).
     """
 
     name: str
@@ -102,6 +117,7 @@ class VLMFamily:
     per_image_inputs: tuple[str, ...] = ()
     token_type_ids: bool = False
     position_ids: Callable[..., torch.Tensor] | None = None
+    project: Callable[[Any, Any, dict[str, torch.Tensor]], list[torch.Tensor]] | None = None
 
     def image_token_id(self, config: Any) -> int | None:
         for attribute in self.image_token_attributes:
@@ -121,9 +137,15 @@ class VLMFamily:
 
     def encode_images(self, model: Any, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Run the vision encoder once; one feature tensor (tokens, hidden) per image."""
+        return self.encode_with_output(model, inputs)[0]
+
+    def encode_with_output(
+        self, model: Any, inputs: dict[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], Any]:
+        """``encode_images`` and the encoder's whole output (for ``project``)."""
         out = self.encode(model, inputs)
         features = out.pooler_output if hasattr(out, "pooler_output") else out
-        return list(features)
+        return list(features), out
 
     def forward_extras(
         self, config: Any, input_ids: torch.Tensor, per_image: dict[str, list[torch.Tensor]]
@@ -148,7 +170,7 @@ _QWEN = {
 }
 
 FAMILIES: dict[str, VLMFamily] = {
-    "qwen2_vl": VLMFamily("qwen2_vl", **_QWEN),
+    "qwen2_vl": VLMFamily("qwen2_vl", **_QWEN, project=_project_qwen2_vl),
     "qwen2_5_vl": VLMFamily("qwen2_5_vl", **_QWEN),
     "llava": VLMFamily(
         "llava",
