@@ -53,6 +53,25 @@ def _encode_llava(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
     )
 
 
+def _project_llava(model: Any, encoded: Any, inputs: dict[str, torch.Tensor]) -> list:
+    # The tower's selected layer(s), as get_image_features selects them, then the projector.
+    config = model.config
+    layers = config.vision_feature_layer
+    pool = [encoded.hidden_states[i] for i in ([layers] if isinstance(layers, int) else layers)]
+    if config.vision_feature_select_strategy == "default":
+        pool = [states[:, 1:] for states in pool]  # the CLS position
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return list(base.model.multi_modal_projector(torch.cat(pool, dim=-1)))
+
+
+def _project_idefics3(model: Any, encoded: Any, inputs: dict[str, torch.Tensor]) -> list:
+    # The vision model's last states, one image per "sample" (see _encode_idefics3), then the
+    # connector (pixel shuffle and projection).
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    features = base.model.connector(encoded.last_hidden_state)
+    return [feature.reshape(-1, feature.shape[-1]) for feature in features]
+
+
 def _encode_idefics3(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
     # One image (tile) per "sample", so that the features come back split per image.
     mask = inputs.get("pixel_attention_mask")
@@ -178,6 +197,7 @@ FAMILIES: dict[str, VLMFamily] = {
         image_token_attributes=("image_token_id", "image_token_index"),  # older configs: index
         vision_tower=frozenset({"vision_tower"}),
         projector=frozenset({"multi_modal_projector"}),
+        project=_project_llava,
     ),
     "idefics3": VLMFamily(
         "idefics3",
@@ -185,6 +205,7 @@ FAMILIES: dict[str, VLMFamily] = {
         image_token_attributes=("image_token_id",),
         vision_tower=frozenset({"vision_model"}),
         projector=frozenset({"connector"}),
+        project=_project_idefics3,
     ),
 }
 
