@@ -359,14 +359,15 @@ class InferenceModel:
     def _reference(self) -> Any:
         """The reference of inference: this model with its adapter off (as in training)."""
         from mmdpo.forward import unwrap
-        from mmdpo.reference import ReferenceModel
+        from mmdpo.reference import ReferenceModel, image_sharing
 
         if not hasattr(unwrap(self.model), "disable_adapter"):
             raise InferenceError(
                 "preference margins compare the model with its adapter on and off: give a run "
                 "folder as --model, or --adapter RUN"
             )
-        return ReferenceModel("adapter_off", policy=self.model)
+        shares, _ = image_sharing(self.model)
+        return ReferenceModel("adapter_off", policy=self.model, shares_images=shares)
 
     @torch.inference_mode()
     def loglikelihood(
@@ -411,7 +412,7 @@ class InferenceModel:
         """
         from tqdm.auto import tqdm
 
-        from mmdpo.forward import concatenated_forward
+        from mmdpo.forward import concatenated_forward, encode_pair_images
 
         run_beta, run_average, _ = margin_settings(self.run_config)
         beta = run_beta if beta is None else beta
@@ -422,7 +423,11 @@ class InferenceModel:
         start = time.perf_counter()
         bar = tqdm(total=len(samples), desc="preference margins", unit="pair", disable=not progress)
         for batch in self._batches(samples, batch_size, max_length):
-            policy, ref = concatenated_forward(self.model, batch), reference.logps(batch)
+            images = None
+            if reference.shares_images and (batch.image_inputs or batch.rejected_image_inputs):
+                images = encode_pair_images(self.model, batch)  # once for both passes
+            policy = concatenated_forward(self.model, batch, images=images)
+            ref = reference.logps(batch, images)
             chosen = policy.chosen(average) - ref.chosen(average)
             rejected = policy.rejected(average) - ref.rejected(average)
             margins += (beta * (chosen - rejected)).float().tolist()
