@@ -255,6 +255,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-4bit", action="store_true", help="leave out the 4-bit cases")
     parser.add_argument(
+        "--no-trl-runs",
+        default="",
+        help="comma-separated cases where TRL is checked against but not timed (its step would"
+        " not fit this machine's memory or time; the report shows no TRL run)",
+    )
+    parser.add_argument(
         "--check-only",
         action="store_true",
         help="run the same-work checks and stop (no timed runs)",
@@ -533,6 +539,9 @@ class Bench:
             else:
                 print(f"check {case.name}", flush=True)
                 timed[case.name] = self.check_case(case)
+        untimed = set(filter(None, self.args.no_trl_runs.split(",")))
+        for name in untimed & set(timed):
+            timed[name] = [arm for arm in timed[name] if arm != TRL]
         for repeat in range(self.repeats):
             for index, case in enumerate(self.cases):
                 if timed[case.name]:
