@@ -74,7 +74,7 @@ def merge_earlier(state: dict[str, Any], earlier_file: Path) -> list[str]:
     sources = {s["id"]: s for s in earlier.get("earlier", [])}
     for source in sources.values():
         source.setdefault("cpu", earlier.get("machine", {}).get("cpu", "?"))
-    this_id = len(sources)
+    this_id = max(sources, default=-1) + 1  # ids of unused sources were dropped: no reuse
     taken = []
     for case in earlier["cases"]:
         if case["name"] in ours or not any(earlier["runs"].get(case["name"], {}).values()):

@@ -89,6 +89,24 @@ def test_merge_keeps_earlier_cases_with_their_provenance(tmp_path):
     assert [s["command"] for s in again["earlier"]] == ["old command"]
 
 
+def test_merge_chain_keeps_each_run_its_own_provenance(tmp_path):
+    """A chain of runs, each merging the last one's state, after one source was dropped
+    (all its cases measured again): every case still names the run that measured it."""
+    first = _state("first", {"a": (1.0, 1.0), "b": (1.0, 1.0)})
+    second = _state("second", {"a": (2.0, 1.0)})
+    third = _state("third", {"b": (3.0, 1.0)})  # drops "first": a and b are measured later
+    fourth = _state("fourth", {"c": (4.0, 1.0)})
+    previous = first
+    for index, state in enumerate((second, third, fourth)):
+        path = tmp_path / f"state-{index}.json"
+        path.write_text(json.dumps(previous))
+        bench_trl.merge_earlier(state, path)
+        previous = state
+    sources = {s["id"]: s["command"] for s in fourth["earlier"]}
+    named = {c["name"]: sources.get(c.get("source"), c.get("source")) for c in fourth["cases"]}
+    assert named == {"c": None, "a": "second", "b": "third"}
+
+
 def test_merge_refuses_another_preset(tmp_path):
     earlier = _state("old", {"text-adapter_off": (1.0, 1.0)})
     earlier["preset"] = "quick"
