@@ -141,8 +141,8 @@ class Preference(Benchmark):
 def to_sample(item: dict[str, Any]) -> PreferenceSample:
     """The item as the engine's sample type (what the runner feeds its log-prob pass)."""
     # A missing source stays the sample type's UNSOURCED; calibrate() then picks the group.
-    fields = ("id", "prompt", "chosen", "rejected", "images", "score_chosen", "score_rejected")
-    fields += ("source",)
+    fields = ("id", "prompt", "chosen", "rejected", "images", "score_chosen", "score_rejected",
+              "source")  # fmt: skip
     return PreferenceSample(
         **{name: item[name] for name in fields if name in item},
         modality=item.get("modality", "text"),

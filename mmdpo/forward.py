@@ -225,7 +225,7 @@ def forward_logits(
     (:func:`encode_pair_images`; a step whose reference sees the same features).
     """
     kwargs: dict[str, Any] = {}
-    if batch.image_inputs or batch.rejected_image_inputs:
+    if batch.has_images:
         if images is None:
             images = encode_pair_images(model, batch)
         rows = two_row_images(images)

@@ -412,7 +412,7 @@ class InferenceModel:
         """
         from tqdm.auto import tqdm
 
-        from mmdpo.forward import concatenated_forward, encode_pair_images
+        from mmdpo.forward import concatenated_forward
 
         run_beta, run_average, _ = margin_settings(self.run_config)
         beta = run_beta if beta is None else beta
@@ -423,9 +423,7 @@ class InferenceModel:
         start = time.perf_counter()
         bar = tqdm(total=len(samples), desc="preference margins", unit="pair", disable=not progress)
         for batch in self._batches(samples, batch_size, max_length):
-            images = None
-            if reference.shares_images and (batch.image_inputs or batch.rejected_image_inputs):
-                images = encode_pair_images(self.model, batch)  # once for both passes
+            images = reference.policy_images(self.model, batch)  # once for both passes
             policy = concatenated_forward(self.model, batch, images=images)
             ref = reference.logps(batch, images)
             chosen = policy.chosen(average) - ref.chosen(average)

@@ -140,7 +140,7 @@ def layout_forward(
         layout = build_layout(batch, layout, row_tokens=row_tokens)
     kwargs: dict[str, Any] = {}
     rows = None
-    if batch.image_inputs or batch.rejected_image_inputs:
+    if batch.has_images:
         if images is None:
             images = encode_pair_images(model, batch)  # each image encoded once
         rows = two_row_images(images)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mmdpo.forward import PairLogps, concatenated_forward, encode_pair_images
+from mmdpo.forward import PairLogps, concatenated_forward
 from mmdpo.losses import LossSpec
 from mmdpo.reference import ReferenceModel
 from mmdpo.types import LossOutput, PreferenceBatch
@@ -51,16 +51,10 @@ def compute_objective(
 ) -> BatchObjective:
     """Policy forward (chosen and rejected together, laid out by ``forward``: the run's
     ``PairForward``, two rows by default), reference, loss; mean over pairs."""
-    images = None
-    if spec.needs_reference and getattr(reference, "shares_images", False):
-        if batch.image_inputs or batch.rejected_image_inputs:
-            images = encode_pair_images(model, batch)  # once for the policy and its reference
-    if images is None:
-        policy = forward(model, batch)
-        ref = reference.logps(batch) if spec.needs_reference else None
-    else:
-        policy = forward(model, batch, images=images)
-        ref = reference.logps(batch, images)
+    # The images once for the policy and its reference, when the reference can reuse them.
+    images = reference.policy_images(model, batch) if spec.needs_reference else None
+    policy = forward(model, batch, images=images)
+    ref = reference.logps(batch, images) if spec.needs_reference else None
     kwargs = dict(hyperparams)
     if "tau_good" in kwargs:
         kwargs["tau_good"] = tau_good_per_pair(batch, kwargs["tau_good"], calibration)

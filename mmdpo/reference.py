@@ -33,6 +33,7 @@ from mmdpo.forward import (
     PairImages,
     PairLogps,
     concatenated_forward,
+    encode_pair_images,
     project_pair_images,
     unwrap,
 )
@@ -94,9 +95,6 @@ def _train_mode_difference(name: str, module: nn.Module) -> str | None:
     if any(isinstance(rate, float) and rate > 0 for rate in rates):
         return f"{name} drops out in train mode"
     return None
-
-
-IMAGE_SHARING = ("features", "tower")
 
 
 def image_sharing(policy: Any) -> tuple[str | None, str]:
@@ -163,6 +161,7 @@ class ReferenceModel:
         keys_by_id: dict[str, str] | None = None,
         forward: Callable[..., PairLogps] = concatenated_forward,
         shares_images: str | None = None,
+        sharing_note: str = "",
     ):
         self.mode = mode
         self.policy = policy
@@ -173,7 +172,14 @@ class ReferenceModel:
         # adapter_off: how much of the policy's image work logps() reuses (image_sharing);
         # the step's policy forward then encodes each image once for both.
         self.shares_images = shares_images if mode == "adapter_off" else None
-        self.sharing_note = ""  # what build_reference found, for the run's log
+        self.sharing_note = sharing_note  # what image_sharing found, for the run's log
+
+    def policy_images(self, model: Any, batch: PreferenceBatch) -> PairImages | None:
+        """The batch's images encoded once, for the policy forward and then :meth:`logps`;
+        None when this reference encodes its own (or the batch has none)."""
+        if self.shares_images is None or not batch.has_images:
+            return None
+        return encode_pair_images(model, batch)
 
     @torch.no_grad()
     def logps(self, batch: PreferenceBatch, images: PairImages | None = None) -> PairLogps:
@@ -321,9 +327,10 @@ def build_reference(
     run_forward = forward if forward is not None else concatenated_forward
     if mode == "adapter_off":
         shares, why = image_sharing(policy)
-        reference = ReferenceModel(mode, policy=policy, forward=run_forward, shares_images=shares)
-        reference.sharing_note = f"{shares or 'nothing'} ({why})" if why else ""
-        return reference
+        note = f"{shares or 'nothing'} ({why})" if why else ""
+        return ReferenceModel(
+            mode, policy=policy, forward=run_forward, shares_images=shares, sharing_note=note
+        )
     if mode == "model":
         model = load_reference_model(config, accelerator)
         if hasattr(run_forward, "prepare"):

@@ -474,7 +474,7 @@ class _Loop:
         self.reference = build_reference(
             config, loss.spec, self.model, accelerator, precomputed, forward=self.forward
         )
-        if accelerator.is_main_process and getattr(self.reference, "sharing_note", ""):
+        if accelerator.is_main_process and self.reference and self.reference.sharing_note:
             print(f"adapter-off reference reuses the policy's image work: "
                   f"{self.reference.sharing_note}", flush=True)  # fmt: skip
         # FSDP / DeepSpeed ZeRO: weights gathered by every process, optimizer state per process.

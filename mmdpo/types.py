@@ -154,6 +154,11 @@ class PreferenceBatch:
     def num_pairs(self) -> int:
         return len(self.ids)
 
+    @property
+    def has_images(self) -> bool:
+        """Whether any pair has images (the prompt's, or a rejected side's own)."""
+        return bool(self.image_inputs or self.rejected_image_inputs)
+
     def to(self, device: torch.device | str) -> PreferenceBatch:
         def move(value: Any) -> Any:
             if isinstance(value, torch.Tensor):

@@ -30,6 +30,11 @@ class UnknownFamilyError(ValueError):
     """Image inputs for a model family without an entry; the message lists the known ones."""
 
 
+def _base_model(model: Any) -> Any:
+    """The transformers model under peft's wrapper (the model itself when unwrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _encode_qwen(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
     return model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
 
@@ -37,7 +42,7 @@ def _encode_qwen(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
 def _project_qwen2_vl(model: Any, encoded: Any, inputs: dict[str, torch.Tensor]) -> list:
     # ``last_hidden_state`` of the visual model is every image's patch states before the
     # merger (its only module after the blocks); the merger alone gives the features again.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base_model(model)
     visual = base.model.visual
     merged = visual.merger(encoded.last_hidden_state)
     sizes = (inputs["image_grid_thw"].prod(-1) // visual.spatial_merge_size**2).tolist()
@@ -60,14 +65,14 @@ def _project_llava(model: Any, encoded: Any, inputs: dict[str, torch.Tensor]) ->
     pool = [encoded.hidden_states[i] for i in ([layers] if isinstance(layers, int) else layers)]
     if config.vision_feature_select_strategy == "default":
         pool = [states[:, 1:] for states in pool]  # the CLS position
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base_model(model)
     return list(base.model.multi_modal_projector(torch.cat(pool, dim=-1)))
 
 
 def _project_idefics3(model: Any, encoded: Any, inputs: dict[str, torch.Tensor]) -> list:
     # The vision model's last states, one image per "sample" (see _encode_idefics3), then the
     # connector (pixel shuffle and projection).
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base_model(model)
     features = base.model.connector(encoded.last_hidden_state)
     return [feature.reshape(-1, feature.shape[-1]) for feature in features]
 
@@ -85,7 +90,7 @@ def _positions_qwen(
 ) -> torch.Tensor:
     # The model's own rope index, from input_ids: computed without them the positions differ
     # silently. The module that holds it sits under peft's wrapper and the LM head's model.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base_model(model)
     positions, _ = base.model.get_rope_index(
         input_ids,
         mm_token_type_ids=extras["mm_token_type_ids"],

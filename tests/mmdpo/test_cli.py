@@ -5,23 +5,12 @@ import json
 import pytest
 
 from mmdpo.cli import main
+from tests.fixtures import write_pairs
 
 
 @pytest.fixture
 def pairs_file(tmp_path):
-    path = tmp_path / "pairs.jsonl"
-    rows = [
-        {
-            "prompt": f"What is {i} plus {i}?",
-            "chosen": f"It is {2 * i}.",
-            "rejected": f"It is {2 * i + 1}.",
-            "score_chosen": 8.0,
-            "score_rejected": 3.0,
-        }
-        for i in range(8)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_pairs(tmp_path / "pairs.jsonl")
 
 
 def test_train_from_a_yaml_config_with_overrides(tiny_llama_dir, pairs_file, tmp_path, capsys):
