@@ -263,7 +263,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--today-batch", type=int, default=24, help="today's batch (preset: 24)")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows of the new path (64)")
+    parser.add_argument("--batch-size", type=int, default=128, help="rows of the new path (128)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each path (3)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="float32", help="weights dtype (float32)")
