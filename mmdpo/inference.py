@@ -39,8 +39,9 @@ class InferenceError(ValueError):
     """A model, adapter or run folder that cannot serve the request; the message says why."""
 
 
-class ChatPrompt(Protocol):
-    """What :meth:`InferenceModel.generate` reads of a prompt (``eval.base.Prompt`` is one).
+class PromptLike(Protocol):
+    """What :meth:`InferenceModel.generate` reads of a prompt (``eval.base.Prompt`` is one;
+    not to be confused with ``mmdpo.sampling.ChatPrompt``, the engine's own prompt record).
 
     ``messages``: chat messages; a message with images carries one ``{"type": "image"}`` part
     per entry of ``images`` (paths, bytes or PIL images), in order.
@@ -265,7 +266,7 @@ class InferenceModel:
 
     def generate(
         self,
-        prompts: Sequence[ChatPrompt],
+        prompts: Sequence[PromptLike],
         *,
         max_new_tokens: int,
         stop: Sequence[str] = (),
