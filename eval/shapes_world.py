@@ -134,7 +134,8 @@ def pope_questions(
 ) -> list[dict]:
     """Balanced yes/no questions: one "yes" per present object, as many "no" as "yes".
 
-    Rows use POPE's own schema: question_id (from 1), image (the scene id), text, label.
+    Rows use POPE's own schema: question_id (from 1), image (the scene id), text, label,
+    plus ``object``, the object asked about (POPE's loader ignores it).
     ``absent`` picks the absent objects asked about (default: :func:`absent_objects`).
     """
     absent = absent or absent_objects
@@ -151,6 +152,7 @@ def pope_questions(
                     "image": scene.image_id,
                     "text": f"Is there a {name} in the image?",
                     "label": label,
+                    "object": name,
                 }
             )
     return rows

@@ -167,6 +167,9 @@ METRICS = (  # (benchmark, metric, label, better)
     ("pope", "accuracy", "POPE accuracy", "higher"),
     ("pope", "f1", "POPE F1", "higher"),
     ("pope", "yes_ratio", "POPE yes-ratio", "0.5"),
+    ("pope", "yes_present", "  yes to present objects", "higher"),
+    ("pope", "yes_look_alike", "  yes to absent look-alikes", "lower"),
+    ("pope", "yes_other", "  yes to other absent objects", "lower"),
     ("chair", "chair_s", "CHAIR_s", "lower"),
     ("chair", "chair_i", "CHAIR_i", "lower"),
     ("chair", "recall", "CHAIR recall", "higher"),
@@ -585,6 +588,7 @@ def evaluate(
     from eval.results import make_result
     from mmdpo.inference import InferenceModel
     from mmdpo.models.loading import load_policy
+    from tasks.demo_world import yes_by_kind
 
     model, processor, _ = load_policy(
         out_dir / "sft",
@@ -621,7 +625,16 @@ def evaluate(
         )
         result.save(out_dir / "eval" / name)
         metrics.update({f"{bench.name}/{key}": value for key, value in result.metrics.items()})
+        if bench.name == "pope":  # where the "yes" answers go (present, look-alike, other)
+            kinds = question_kinds(eval_files["pope"])
+            metrics.update({f"pope/{key}": v for key, v in yes_by_kind(records, kinds).items()})
     return metrics
+
+
+def question_kinds(pope_file: Path) -> dict[str, str]:
+    """Question id -> kind (``tasks.demo_world.question_kind``) of the demo's POPE file."""
+    rows = [json.loads(line) for line in Path(pope_file).read_text().splitlines() if line]
+    return {str(row["question_id"]): row["kind"] for row in rows}
 
 
 COLUMN_TITLES = {"sft": "SFT (before)", "uni_dpo": "Uni-DPO"}

@@ -26,6 +26,7 @@ and some are mislabelled (the worse response marked chosen; its score says so).
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,41 @@ def pope_questions(scenes: list[Scene], seed: int) -> list[dict]:
     """Balanced yes/no questions in POPE's schema about this world's objects (half of the
     "no" questions about similar objects)."""
     return shapes_world.pope_questions(scenes, seed, absent=absent_objects)
+
+
+QUESTION_KINDS = ("present", "look-alike", "other")
+
+
+def question_kind(scene: Scene, name: str) -> str:
+    """What a POPE question about ``name`` asks of ``scene``: a ``present`` object, an absent
+    ``look-alike`` (sharing a colour or a shape with a present one: the questions the SFT
+    data's noise answers "Yes." at ``false_yes_rate``) or an ``other`` absent object."""
+    if name in scene.object_names:
+        return "present"
+    return "look-alike" if name in similar_absent(scene) else "other"
+
+
+def yes_by_kind(records: list[dict], kinds: dict[str, str]) -> dict[str, float]:
+    """Share of POPE answers that were "yes", per question kind.
+
+    Args:
+        records: POPE's scored records (``id``, ``extracted``).
+        kinds: question id -> kind (the ``kind`` column ``write_eval_data`` writes).
+
+    Returns:
+        ``{"yes_present": ..., "yes_look_alike": ..., "yes_other": ...}``; NaN for a kind
+        with no question.
+    """
+    asked = dict.fromkeys(QUESTION_KINDS, 0)
+    said_yes = dict.fromkeys(QUESTION_KINDS, 0)
+    for record in records:
+        kind = kinds[str(record["id"])]
+        asked[kind] += 1
+        said_yes[kind] += record["extracted"] == "yes"
+    return {
+        f"yes_{kind.replace('-', '_')}": said_yes[kind] / asked[kind] if asked[kind] else math.nan
+        for kind in QUESTION_KINDS
+    }
 
 
 def question_prompt(name: str) -> str:
@@ -302,7 +338,18 @@ def write_eval_data(directory: str | Path, num_pope_scenes: int, num_chair_scene
             scene.render().save(path)
     pope_path = directory / "pope.jsonl"
     rows = pope_questions(scenes[:num_pope_scenes], EVAL_SEED)
-    _write_jsonl(pope_path, [{**row, "image": f"{row['image']}.png"} for row in rows])
+    by_id = {scene.image_id: scene for scene in scenes}
+    _write_jsonl(
+        pope_path,
+        [
+            {
+                **row,
+                "image": f"{row['image']}.png",
+                "kind": question_kind(by_id[row["image"]], row["object"]),
+            }
+            for row in rows
+        ],
+    )
     chair_path = directory / "chair.jsonl"
     chair_rows = [
         {

@@ -27,9 +27,12 @@ from tasks.demo_world import (
     ordered_objects,
     pope_questions,
     preference_pairs,
+    question_kind,
     sft_examples,
     similar_absent,
     with_replay,
+    write_eval_data,
+    yes_by_kind,
 )
 
 TINY = [
@@ -88,6 +91,41 @@ def test_demo_world_is_easy_to_see_and_its_pope_rows_are_balanced():
                 negatives["same colour" if same[0] else "same shape"] += 1
                 assert sum(same) == 1
     assert negatives == {"same colour": 30, "same shape": 30}  # one of each per scene
+
+
+def test_pope_file_names_each_question_kind_and_yes_shares_add_up(tmp_path):
+    from eval.pope import POPE
+    from tasks.demo import question_kinds
+    from tasks.demo_world import EVAL_SEED
+    from tasks.demo_world import make_scenes as demo_scenes
+
+    files = write_eval_data(tmp_path, 12, 1)
+    rows = [json.loads(line) for line in files["pope"].read_text().splitlines()]
+    scenes = {scene.image_id: scene for scene in demo_scenes(12, EVAL_SEED)}
+    for row in rows:  # the kind follows the rule, and "present" is exactly the "yes" label
+        scene = scenes[int(row["image"].removesuffix(".png"))]
+        assert row["text"] == f"Is there a {row['object']} in the image?"
+        assert (row["kind"] == "present") == (row["label"] == "yes")
+        if row["kind"] == "look-alike":
+            assert row["object"] in similar_absent(scene)
+        if row["kind"] == "other":
+            assert row["object"] not in similar_absent(scene) + list(scene.object_names)
+    kinds = question_kinds(files["pope"])
+    assert Counter(kinds.values())["look-alike"] > 0 and Counter(kinds.values())["other"] > 0
+    assert question_kind(scenes[0], scenes[0].object_names[0]) == "present"
+    # A model that says yes to present objects and look-alikes only: the shares say so, and
+    # weighted by the question counts they give back POPE's yes-ratio.
+    bench = POPE()
+    data = bench.load(files["pope"])
+    answers = {"present": "Yes.", "look-alike": "Yes.", "other": "No."}
+    records = [bench.score(item, answers[kinds[item["id"]]]) for item in data.items]
+    shares = yes_by_kind(records, kinds)
+    assert shares == {"yes_present": 1.0, "yes_look_alike": 1.0, "yes_other": 0.0}
+    counts = Counter(kinds.values())
+    weighted = sum(
+        shares[f"yes_{kind.replace('-', '_')}"] * count for kind, count in counts.items()
+    ) / len(records)
+    assert weighted == pytest.approx(bench.aggregate(records)["yes_ratio"])
 
 
 def test_patch_embedding_init_reads_mean_colour():
@@ -245,6 +283,7 @@ def _check_run_folder(out, columns):
         metrics = summary["results"][name]
         assert 0.0 <= metrics["pope/accuracy"] <= 1.0
         assert 0.0 <= metrics["pope/yes_ratio"] <= 1.0
+        assert all(0.0 <= metrics[f"pope/yes_{k}"] <= 1.0 for k in ("present", "other"))
         assert "chair/chair_s" in metrics
         assert (out / "eval" / name / "pope.samples.jsonl").is_file()
         assert (out / "eval" / name / "chair.json").is_file()
