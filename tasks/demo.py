@@ -588,7 +588,7 @@ def evaluate(
     from eval.results import make_result
     from mmdpo.inference import InferenceModel
     from mmdpo.models.loading import load_policy
-    from tasks.demo_world import yes_by_kind
+    from tasks.demo_world import question_kinds, yes_by_kind
 
     model, processor, _ = load_policy(
         out_dir / "sft",
@@ -629,12 +629,6 @@ def evaluate(
             kinds = question_kinds(eval_files["pope"])
             metrics.update({f"pope/{key}": v for key, v in yes_by_kind(records, kinds).items()})
     return metrics
-
-
-def question_kinds(pope_file: Path) -> dict[str, str]:
-    """Question id -> kind (``tasks.demo_world.question_kind``) of the demo's POPE file."""
-    rows = [json.loads(line) for line in Path(pope_file).read_text().splitlines() if line]
-    return {str(row["question_id"]): row["kind"] for row in rows}
 
 
 COLUMN_TITLES = {"sft": "SFT (before)", "uni_dpo": "Uni-DPO"}

@@ -364,6 +364,12 @@ def write_eval_data(directory: str | Path, num_pope_scenes: int, num_chair_scene
     return {"pope": pope_path, "chair": chair_path}
 
 
+def question_kinds(pope_file: str | Path) -> dict[str, str]:
+    """Question id -> kind (:func:`question_kind`) of a POPE file ``write_eval_data`` wrote."""
+    rows = [json.loads(line) for line in Path(pope_file).read_text().splitlines() if line]
+    return {str(row["question_id"]): row["kind"] for row in rows}
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for row in rows:

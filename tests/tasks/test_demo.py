@@ -28,6 +28,7 @@ from tasks.demo_world import (
     pope_questions,
     preference_pairs,
     question_kind,
+    question_kinds,
     sft_examples,
     similar_absent,
     with_replay,
@@ -95,7 +96,6 @@ def test_demo_world_is_easy_to_see_and_its_pope_rows_are_balanced():
 
 def test_pope_file_names_each_question_kind_and_yes_shares_add_up(tmp_path):
     from eval.pope import POPE
-    from tasks.demo import question_kinds
     from tasks.demo_world import EVAL_SEED
     from tasks.demo_world import make_scenes as demo_scenes
 
