@@ -107,16 +107,16 @@ def pope_questions(scenes: list[Scene], seed: int) -> list[dict]:
     return shapes_world.pope_questions(scenes, seed, absent=absent_objects)
 
 
-QUESTION_KINDS = ("present", "look-alike", "other")
+QUESTION_KINDS = ("present", "look_alike", "other")
 
 
 def question_kind(scene: Scene, name: str) -> str:
     """What a POPE question about ``name`` asks of ``scene``: a ``present`` object, an absent
-    ``look-alike`` (sharing a colour or a shape with a present one: the questions the SFT
+    ``look_alike`` (sharing a colour or a shape with a present one: the questions the SFT
     data's noise answers "Yes." at ``false_yes_rate``) or an ``other`` absent object."""
     if name in scene.object_names:
         return "present"
-    return "look-alike" if name in similar_absent(scene) else "other"
+    return "look_alike" if name in similar_absent(scene) else "other"
 
 
 def yes_by_kind(records: list[dict], kinds: dict[str, str]) -> dict[str, float]:
@@ -137,7 +137,7 @@ def yes_by_kind(records: list[dict], kinds: dict[str, str]) -> dict[str, float]:
         asked[kind] += 1
         said_yes[kind] += record["extracted"] == "yes"
     return {
-        f"yes_{kind.replace('-', '_')}": said_yes[kind] / asked[kind] if asked[kind] else math.nan
+        f"yes_{kind}": said_yes[kind] / asked[kind] if asked[kind] else math.nan
         for kind in QUESTION_KINDS
     }
 
