@@ -20,6 +20,8 @@ are reported. The runs share one process and one loaded model; ``--threads`` (de
 torch threads. ``--new-dtype bfloat16`` runs the new path on bfloat16 weights (AMX/AVX512-BF16
 matmuls on CPUs that have them) against today's path on ``--dtype``: faster, but no longer
 the same numbers, so the greedy check then measures how often the outputs still agree.
+``--no-share-prompt`` gives each of a prompt's K rows its own copy of the prompt's keys and
+values (the engine before ``mmdpo.sampling.shared``).
 
 Greedy check (``--greedy-prompts``, default 16; 0: off): both paths answer the held-out-style
 prompts greedily (today: ``generate`` in batches of ``--today-batch``) and their token ids
@@ -116,6 +118,7 @@ def run_new(loaded: Any, items: list[Any], args: argparse.Namespace) -> dict[str
         top_k=50,
         seed=args.seed,
         batch_size=args.batch_size,
+        share_prompt=not args.no_share_prompt,
     )
     stats = result.stats
     return {
@@ -271,6 +274,11 @@ def main() -> None:
         "--new-dtype", help="weights dtype of the new path only (e.g. bfloat16; default --dtype)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-share-prompt",
+        action="store_true",
+        help="the new path copies each prompt's keys and values into its K rows",
+    )
     parser.add_argument("--greedy-prompts", type=int, default=16, help="0: no greedy check")
     parser.add_argument("--profile", action="store_true", help="profile one run of each path")
     parser.add_argument("--out", help="write every run and the medians to this JSON file")

@@ -1,6 +1,6 @@
 """Fast batched sampling: a KV cache of row slots, left padding, one prefill per prompt for
-its ``n`` samples, per-row stop strings, finished rows leaving the batch at once, and seeded
-per-sample random streams.
+its ``n`` samples and one copy of its keys and values, per-row stop strings, finished rows
+leaving the batch at once, and seeded per-sample random streams.
 
     from mmdpo.sampling import sample
     result = sample(model, tokenizer, prompts, n=4, max_new_tokens=128, greedy=False,
@@ -8,7 +8,8 @@ per-sample random streams.
     result.texts()          # [[str] * 4 per prompt]
     result.completions[0][1].token_ids, result.stats.samples_per_s
 
-Modules: ``engine`` (the loop and the public types), ``cache`` (the slot cache), ``choose``
+Modules: ``engine`` (the loop and the public types), ``cache`` (the slot cache), ``shared``
+(one copy of a prompt for its samples, and the attention over it), ``choose``
 (greedy and sampled tokens), ``stops`` (EOS, stop strings, the cap), ``inputs`` (prompts,
 position ids, the model's call). Rendering, encoding, EOS ids and stop-string cuts are
 today's generation's (``mmdpo.generation``), so both paths see the same tokens.

@@ -15,6 +15,7 @@ Columns on the left that no row uses any more leave the window (``trim``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -89,7 +90,12 @@ class SlotCache(DynamicCache):
         return self.mask.shape[1]
 
     def place(
-        self, slots: list[int], prefill: DynamicCache, rows: list[int], mask: torch.Tensor
+        self,
+        slots: list[int],
+        prefill: DynamicCache,
+        rows: list[int],
+        mask: torch.Tensor,
+        live: Sequence[int] = (),
     ) -> None:
         """Write prefilled rows into ``slots`` (row ``rows[i]`` of ``prefill`` into
         ``slots[i]``), right-aligned so that their last prompt token sits in column ``end - 1``.
@@ -97,6 +103,7 @@ class SlotCache(DynamicCache):
         Args:
             prefill: the cache of a prefill forward, keys shaped (P, heads, T, head_dim).
             mask: the prefill's attention mask. Shape: (P, T).
+            live: the other slots whose rows go on (unused here; see ``SharedPromptCache``).
         """
         width = mask.shape[1]
         if self.end < width:  # a prompt longer than every column so far

@@ -2,9 +2,10 @@
 
 The loop keeps up to ``batch_size`` rows decoding. A prompt is prefilled once (left-padded
 with the other prompts admitted at the same time, its images encoded there), and its ``n``
-samples start from copies of that prefill's keys and values. A row that ends (EOS, a stop
-string, the token cap) leaves at once; its slot goes to the next waiting prompt, and when none
-waits the dead slot is dropped, so no step computes a finished row.
+samples attend to one copy of that prefill's keys and values (``SharedPromptCache``; with
+``n`` = 1 or ``share_prompt=False`` each row has its own, ``SlotCache``). A row that ends
+(EOS, a stop string, the token cap) leaves at once; its slot goes to the next waiting prompt,
+and when none waits the dead slot is dropped, so no step computes a finished row.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ from mmdpo.sampling.inputs import (
     render,
 )
 from mmdpo.sampling.prefill import prefill
+from mmdpo.sampling.shared import SharedPromptCache, attending, decoder_configs
 from mmdpo.sampling.stops import FinishCheck
 
 
@@ -52,6 +55,8 @@ class SamplingSettings:
         stop: strings that end a sample; its text is cut before the first one.
         batch_size: rows decoded at once (all ``n`` samples of a prompt join together, so a
             batch holds ``max(batch_size, n)`` rows at most).
+        share_prompt: with ``n`` above 1, the samples of a prompt attend to one copy of its
+            keys and values (``mmdpo.sampling.shared``) instead of one copy each.
     """
 
     max_new_tokens: int
@@ -63,6 +68,7 @@ class SamplingSettings:
     seed: int = 0
     stop: tuple[str, ...] = ()
     batch_size: int = 32
+    share_prompt: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -168,6 +174,7 @@ def sample(
     seed: int = 0,
     stop: Sequence[str] = (),
     batch_size: int = 32,
+    share_prompt: bool = True,
     is_vlm: bool = False,
     eos_ids: Sequence[int] | None = None,
     progress: bool = False,
@@ -187,8 +194,9 @@ def sample(
         ``SamplingResult``: ``completions[i][j]`` for prompt i, sample j (prompt order kept).
     """
     settings = SamplingSettings(
-        max_new_tokens, n, greedy, temperature, top_k, top_p, seed, tuple(stop), batch_size
-    )
+        max_new_tokens, n, greedy, temperature, top_k, top_p, seed, tuple(stop), batch_size,
+        share_prompt,
+    )  # fmt: skip
     model.eval()
     ignored = ignored_generation_settings(model)
     if ignored:
@@ -297,6 +305,8 @@ class _Sampler:
         self.model, self.processing, self.prompts = model, processing, prompts
         self.settings, self.is_vlm = settings, is_vlm
         self.call = ModelCall.of(model)
+        self.shared = settings.share_prompt and settings.n > 1
+        self.decoder_configs = decoder_configs(base_model(model)) if self.shared else []
         self.device = next(model.parameters()).device
         tokenizer = tokenizer_of(processing, is_vlm)
         self.check = FinishCheck(
@@ -393,13 +403,16 @@ class _Sampler:
         if self.batch is None:
             waiting = len(self.queue) * self.settings.n
             slots = max(len(rows), min(self.settings.batch_size, len(rows) + waiting))
-            width = mask.shape[1]
-            cache = SlotCache(prefill, slots, width, width + self.settings.max_new_tokens + 1)
+            width, new = mask.shape[1], self.settings.max_new_tokens + 1
+            if self.shared:
+                cache = SharedPromptCache(prefill, slots, self.settings.n, capacity=new)
+            else:
+                cache = SlotCache(prefill, slots, width, width + new)
             empty = torch.zeros(slots, dtype=torch.long, device=self.device)
             self.batch = _Batch(cache, [None] * slots, empty, empty.clone())
         batch = self.batch
         slots = batch.dead()[: len(rows)]
-        batch.cache.place(slots, prefill, sources, mask)
+        batch.cache.place(slots, prefill, sources, mask, live=batch.live())
         index = torch.tensor(slots, device=self.device)
         batch.next_positions[index] = next_positions[sources].to(self.device)
         batch.last_tokens[index] = torch.tensor(
@@ -413,14 +426,16 @@ class _Sampler:
     def _decode_step(self) -> None:
         batch = self.batch
         mask = batch.cache.open_column(grow=max(16, self.settings.max_new_tokens // 2))
-        logits = forward(
-            self.model,
-            self.call,
-            batch.cache,
-            input_ids=batch.last_tokens.unsqueeze(-1),
-            attention_mask=mask,
-            position_ids=decode_positions(self.call, batch.next_positions),
-        )
+        route = attending(self.decoder_configs, batch.cache) if self.shared else nullcontext()
+        with route:
+            logits = forward(
+                self.model,
+                self.call,
+                batch.cache,
+                input_ids=batch.last_tokens.unsqueeze(-1),
+                attention_mask=mask,
+                position_ids=decode_positions(self.call, batch.next_positions),
+            )
         batch.cache.advance()
         batch.next_positions += 1
         live = batch.live()

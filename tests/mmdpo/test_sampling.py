@@ -182,15 +182,18 @@ def test_generation_config_settings_it_ignores_are_named(sharp_llama):
 SYSTEM = "You are a careful assistant. Answer in one short sentence and check every number."
 
 
+def system_prompt(text: str) -> ChatPrompt:
+    return ChatPrompt(
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+    )
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_a_shared_system_prompt_is_prefilled_once(sharp_model_dir, family):
     """Prompts that begin with the same system prompt: the common prefix goes through the
     model once (one row), the rest per prompt, and the token ids stay today's."""
     model, tokenizer, _ = load_policy(sharp_model_dir(family), prepare_for_training=False)
-    prompts = [
-        ChatPrompt(messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": t}])
-        for t in PROMPTS
-    ]
+    prompts = [system_prompt(text) for text in PROMPTS]
     texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=16, batch_size=5)
     counter = RowCounter(model)
     try:
@@ -511,3 +514,166 @@ def test_greedy_token_ids_equal_todays_path_on_smollm2(tmp_path_factory):
     result = sample(model, tokenizer, prompts, max_new_tokens=64, batch_size=4)
     assert [c[0].token_ids for c in result.completions] == ids
     assert [c[0].text for c in result.completions] == texts
+
+
+# ---------------------------------------------------------------------------- shared prompts
+
+
+class StepLogits:
+    """Records the logits every token choice sees, and counts the shared-prompt attention
+    calls (one per decoder layer per decode step when the prompt is shared)."""
+
+    def __init__(self, monkeypatch):
+        import mmdpo.sampling.engine as engine
+        from mmdpo.sampling.shared import SharedPromptCache
+
+        self.logits, self.attend_calls = [], 0
+        choose, attend = engine.choose_tokens, SharedPromptCache.attend
+
+        def record(logits, *args, **kwargs):
+            self.logits.append(logits.clone())
+            return choose(logits, *args, **kwargs)
+
+        def counted(cache, *args, **kwargs):
+            self.attend_calls += 1
+            return attend(cache, *args, **kwargs)
+
+        monkeypatch.setattr(engine, "choose_tokens", record)
+        monkeypatch.setattr(SharedPromptCache, "attend", counted)
+
+
+def sampled_ids(model, processing, prompts, monkeypatch, **options):
+    recorder = StepLogits(monkeypatch)
+    result = sample(model, processing, prompts, **options)
+    monkeypatch.undo()
+    ids = [[c.token_ids for c in samples] for samples in result.completions]
+    return ids, recorder, result.stats
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", *VLM_FAMILIES])
+def test_shared_prompt_attention_equals_a_copy_per_sample(sharp_model_dir, family, monkeypatch):
+    """The samples of a prompt attend to one copy of its keys and values: every decode step's
+    logits equal those of a copy per sample (to fp32 summation order), so the seeded samples
+    are the same tokens; with images (M-RoPE offsets for Qwen2-VL) and a shared system
+    prompt in the prefill."""
+    model, processing, info = load_policy(sharp_model_dir(family), prepare_for_training=False)
+    if info.is_vlm:
+        prompts = [*image_prompts(2, seed=3), user_prompt("Name three colors.")]
+    else:
+        prompts = [system_prompt(text) for text in PROMPTS[:3]]
+    options = {
+        "n": 3, "max_new_tokens": 10, "greedy": False, "temperature": 0.8, "seed": 5,
+        "batch_size": 9, "is_vlm": info.is_vlm,
+    }  # fmt: skip
+    shared, on, stats = sampled_ids(model, processing, prompts, monkeypatch, **options)
+    copied, off, _ = sampled_ids(
+        model, processing, prompts, monkeypatch, **options, share_prompt=False
+    )
+    layers = model.config.get_text_config().num_hidden_layers
+    assert on.attend_calls == layers * stats.decode_steps > 0 and off.attend_calls == 0
+    assert shared == copied
+    assert len(on.logits) == len(off.logits)
+    for a, b in zip(on.logits, off.logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert len({tuple(ids) for samples in shared for ids in samples}) > len(prompts)
+
+
+def test_shared_prompts_through_slot_reuse_and_early_ends(sharp_llama, monkeypatch):
+    """Rows end at different steps (a frequent token is EOS), finished prompts' slots and
+    prompt slots go to waiting prompts while other rows decode, then the batch shrinks: the
+    samples stay those of a copy per sample, sample by sample."""
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS]
+    options = {"n": 3, "max_new_tokens": 16, "greedy": False, "temperature": 1.0, "seed": 2}
+    probe = sample(model, tokenizer, prompts, **options, share_prompt=False)
+    counts: dict[int, int] = {}
+    for samples in probe.completions:
+        for completion in samples:
+            for token in completion.token_ids[1:8]:
+                counts[token] = counts.get(token, 0) + 1
+    eos = max(counts, key=counts.get)  # ends some samples early, others run to the cap
+    options.update(eos_ids=[eos], batch_size=6)
+    shared, on, stats = sampled_ids(model, tokenizer, prompts, monkeypatch, **options)
+    copied, _, copied_stats = sampled_ids(
+        model, tokenizer, prompts, monkeypatch, **options, share_prompt=False
+    )
+    assert shared == copied
+    lengths = {len(ids) for samples in shared for ids in samples}
+    assert min(lengths) < 16 and max(lengths) == 16, "rows end at different steps"
+    assert stats.prefill_forwards > 1, "prompts waited for slots"
+    assert stats.decode_rows == copied_stats.decode_rows
+    assert on.attend_calls > 0
+
+
+def test_shared_prompt_cache_attends_like_each_rows_own_keys_through_reuse_and_keep():
+    """``SharedPromptCache.attend`` against attention over each row's own list of keys and
+    values (its prompt's real tokens, then its generated ones), step by step: after a
+    prompt's rows all end and a new, wider prompt takes its prompt slot while one of the old
+    rows' slots is still in the batch (the same place in the grid as a new row), after the
+    prompt area grows, and after ``keep`` drops rows and unused prompts."""
+    from mmdpo.sampling.shared import SharedPromptCache
+
+    generator = torch.Generator().manual_seed(0)
+    heads, group, dim, n = 2, 3, 4, 2
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    def prefill(rows, width, padded):
+        cache = DynamicCache()
+        keys, values = randn(rows, heads, width, dim), randn(rows, heads, width, dim)
+        cache.update(keys, values, 0)
+        mask = torch.ones(rows, width, dtype=torch.long)
+        mask[0, :padded] = 0
+        tokens = [
+            [(keys[r, :, c], values[r, :, c]) for c in range(width) if mask[r, c]]
+            for r in range(rows)
+        ]
+        return cache, mask, tokens
+
+    own: dict[int, list] = {}  # slot -> (key, value) per token it attends to
+
+    def place(cache, slots, rows, width, padded, live):
+        first, mask, tokens = prefill(max(rows) + 1, width, padded)
+        cache.place(slots, first, rows, mask, live=live)
+        for slot, row in zip(slots, rows, strict=True):
+            own[slot] = list(tokens[row])
+
+    def step_and_check(cache, live):
+        cache.open_column(grow=3)
+        keys, values = randn(cache.slots, heads, 1, dim), randn(cache.slots, heads, 1, dim)
+        cache.layers[0].update(keys, values)
+        for slot in live:
+            own[slot].append((keys[slot, :, 0], values[slot, :, 0]))
+        query = randn(cache.slots, heads * group, 1, dim)
+        out = cache.attend(0, query, scaling=0.5)
+        cache.advance()
+        for slot in live:
+            k = torch.stack([key for key, _ in own[slot]], dim=1)  # (heads, T, dim)
+            v = torch.stack([value for _, value in own[slot]], dim=1)
+            q = query[slot, :, 0].reshape(heads, group, dim)
+            expected = ((q @ k.transpose(-1, -2)) * 0.5).softmax(-1) @ v
+            torch.testing.assert_close(out[slot, 0], expected.reshape(heads * group, dim))
+
+    first, mask, _ = prefill(2, 3, 1)
+    cache = SharedPromptCache(first, slots=4, n=n, capacity=2)
+    place(cache, [0, 1, 2, 3], [0, 0, 1, 1], width=3, padded=1, live=[])
+    assert cache._scatter is None, "a full batch in grid order needs no scatter"
+    for _ in range(3):
+        step_and_check(cache, [0, 1, 2, 3])
+    # prompt 1 (slots 2, 3) and the row in slot 0 end; a wider prompt takes slots 0 and 2 and
+    # prompt 1's prompt slot; slot 3 stays in the batch, dead, at the grid place of slot 2
+    place(cache, [0, 2], [0, 0], width=5, padded=2, live=[1])
+    assert cache.owner.tolist() == [1, 0, 1, 1] and cache.lane.tolist() == [0, 1, 1, 1]
+    for _ in range(2):
+        step_and_check(cache, [0, 1, 2])
+    # a prompt and no free prompt slot: the prompt area grows
+    place(cache, [3], [1], width=4, padded=0, live=[0, 1, 2])
+    assert cache.prompt_slots == 4
+    step_and_check(cache, [0, 1, 2, 3])
+    # slot 1 (the last row of prompt slot 0) ends: keep drops it and the two unused prompts
+    order = cache.keep([0, 2, 3])
+    own = {new: own[old] for new, old in enumerate(order)}
+    assert cache.slots == 3 and cache.prompt_slots == 2
+    for _ in range(2):
+        step_and_check(cache, [0, 1, 2])
