@@ -49,6 +49,27 @@ def _project_qwen2_vl(model: Any, encoded: Any, inputs: dict[str, torch.Tensor])
     return list(torch.split(merged, sizes))
 
 
+def _project_qwen2_5_vl(model: Any, encoded: Any, inputs: dict[str, torch.Tensor]) -> list:
+    # Qwen2.5-VL's blocks run on the patches in window order, so ``last_hidden_state`` is in
+    # that order; the visual model merges it there and then puts the merged tokens back in
+    # image order by the inverse of the window index, which only the image grids determine.
+    from transformers.vision_utils import get_vision_window_index
+
+    base = _base_model(model)
+    visual = base.model.visual
+    grid = inputs["image_grid_thw"]
+    window_index, _ = get_vision_window_index(
+        grid,
+        spatial_merge_size=visual.spatial_merge_size,
+        window_size=visual.window_size,
+        patch_size=visual.patch_size,
+    )
+    merged = visual.merger(encoded.last_hidden_state)
+    merged = merged[torch.argsort(window_index.to(merged.device))]
+    sizes = (grid.prod(-1) // visual.spatial_merge_size**2).tolist()
+    return list(torch.split(merged, sizes))
+
+
 def _encode_llava(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
     config = model.config
     return model.get_image_features(
@@ -128,8 +149,8 @@ class VLMFamily:
         project: ``(model, encode output, image inputs) -> per-image features``: the
             projector alone on the tower states an earlier ``encode`` returned, so that an
             adapter-off reference whose adapter reaches only the projector reuses the
-            tower's work; None: the family does not split (Qwen2.5-VL's merger output is
-            re-ordered by window indices the output does not carry).
+            tower's work; None: the family's projector cannot run alone (the reference then
+            encodes its images itself).
     """
 
     name: str
@@ -195,7 +216,7 @@ _QWEN = {
 
 FAMILIES: dict[str, VLMFamily] = {
     "qwen2_vl": VLMFamily("qwen2_vl", **_QWEN, project=_project_qwen2_vl),
-    "qwen2_5_vl": VLMFamily("qwen2_5_vl", **_QWEN),
+    "qwen2_5_vl": VLMFamily("qwen2_5_vl", **_QWEN, project=_project_qwen2_5_vl),
     "llava": VLMFamily(
         "llava",
         _encode_llava,

@@ -19,6 +19,7 @@ from mmdpo.data.collate import PreferenceCollator
 from mmdpo.data.transform import PairTransform, TransformSettings
 from mmdpo.layout_forward import PairForward
 from mmdpo.losses import get_loss
+from mmdpo.models.families import family_of
 from mmdpo.models.loading import load_policy
 from mmdpo.models.lora import apply_lora, module_part
 from mmdpo.objective import compute_objective
@@ -31,7 +32,7 @@ from tests.mmdpo.test_layout_forward import assert_close_per_tensor, processing_
 # features when the projector is frozen too.
 WITH_PROJECTOR_LORA = {
     "qwen2_vl": "tower",
-    "qwen2_5_vl": None,  # its merger output is re-ordered by window indices it does not return
+    "qwen2_5_vl": "tower",
     "llava": "tower",
     "idefics3": "tower",
 }
@@ -125,3 +126,37 @@ def test_features_reused_past_a_projector_adapter_are_caught(sharp_model_dir):
     _, wrong, _ = _step(policy, batch, "two_row", "features")
     _, right, _ = _step(policy, batch, "two_row", None)
     assert (wrong.chosen_sum - right.chosen_sum).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_the_projector_alone_gives_the_encoders_features(sharp_model_dir, family):
+    """``VLMFamily.project`` on the states of one encode equals that encode's features, image
+    by image; for Qwen2.5-VL on images whose windowed patch order is not the image order
+    (an image of 2 x 2 attention windows), which the merged tokens must be put back from."""
+    model, processor, _ = load_policy(sharp_model_dir(family), quantization="none")
+    images = [random_image(6, size=(224, 224)), random_image(7)]
+    options = {}
+    if family == "qwen2_5_vl":  # up to 16 x 16 patches: 8 x 8 merged tokens, 2 x 2 windows
+        options["size"] = {"longest_edge": 224 * 224, "shortest_edge": 56 * 56}
+    if family == "idefics3":  # images per sample
+        images = [[image] for image in images]
+    inputs = dict(processor.image_processor(images=images, return_tensors="pt", **options))
+    inputs = {key: value for key, value in inputs.items() if torch.is_tensor(value)}
+    if family == "idefics3":  # the engine's layout: one row per image (tile)
+        inputs = {key: value.flatten(0, 1) for key, value in inputs.items()}
+    vlm = family_of(model)
+    with torch.no_grad():
+        features, encoded = vlm.encode_with_output(model, inputs)
+        projected = vlm.project(model, encoded, inputs)
+    assert len(projected) == len(features) >= len(images)  # Idefics3: one per tile
+    for mine, theirs in zip(projected, features, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    if family == "qwen2_5_vl":
+        from transformers.vision_utils import get_vision_window_index
+
+        visual = model.model.visual
+        window_index, _ = get_vision_window_index(
+            inputs["image_grid_thw"], visual.spatial_merge_size, visual.window_size,
+            visual.patch_size,
+        )  # fmt: skip
+        assert not torch.equal(window_index, torch.arange(len(window_index)))

@@ -29,6 +29,7 @@ from mmdpo.sampling import ChatPrompt, SamplingSettings, sample
 from mmdpo.sampling.cache import SlotCache
 from mmdpo.sampling.choose import choose_tokens, filtered_probs
 from mmdpo.sampling.inputs import render
+from mmdpo.sampling.shared import decoder_configs
 from mmdpo.tiny import VLM_FAMILIES, random_image
 
 PROMPTS = [
@@ -571,6 +572,9 @@ def test_shared_prompt_attention_equals_a_copy_per_sample(sharp_model_dir, famil
     )
     layers = model.config.get_text_config().num_hidden_layers
     assert on.attend_calls == layers * stats.decode_steps > 0 and off.attend_calls == 0
+    configs = decoder_configs(model)
+    assert len(configs) == 1 and configs[0] is not getattr(model.config, "vision_config", None)
+    assert configs[0]._attn_implementation == "sdpa", "restored after every decode step"
     assert shared == copied
     assert len(on.logits) == len(off.logits)
     for a, b in zip(on.logits, off.logits, strict=True):
