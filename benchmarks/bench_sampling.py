@@ -26,7 +26,8 @@ values (the engine before ``mmdpo.sampling.shared``).
 Greedy check (``--greedy-prompts``, default 16; 0: off): both paths answer the held-out-style
 prompts greedily (today: ``generate`` in batches of ``--today-batch``) and their token ids
 are compared prompt by prompt; both runs are timed too (the eval use: one sample per
-prompt). A short untimed run of each path comes first. ``same_samples_every_repeat``: whether
+prompt); ``tokens_before_first_difference`` says, per prompt, how far the two agree. A short
+untimed run of each path comes first. ``same_samples_every_repeat``: whether
 every repeat of a path gave the same texts (the same seed, the same samples).
 """
 
@@ -209,8 +210,25 @@ def greedy_check(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
         )
         for p in prompts
     ]
-    equal = sum(recorded.get(key) == ids for key, ids in zip(keys, holder["ids"], strict=True))
-    return {"prompts": len(prompts), "equal_token_ids": equal, "today": today, "new": new}
+    pairs = [(recorded.get(key) or [], ids) for key, ids in zip(keys, holder["ids"], strict=True)]
+    equal = sum(old == ids for old, ids in pairs)
+    # where the two first part: the tokens both made before their first different token
+    agreed = [_common_prefix(old, ids) for old, ids in pairs]
+    return {
+        "prompts": len(prompts), "equal_token_ids": equal, "today": today, "new": new,
+        "tokens_before_first_difference": agreed,
+        "todays_tokens": [len(old) for old, _ in pairs],
+    }  # fmt: skip
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two sequences share."""
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
 
 
 def median_row(runs: list[dict[str, Any]]) -> dict[str, float]:
