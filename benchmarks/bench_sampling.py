@@ -21,7 +21,12 @@ torch threads. ``--new-dtype bfloat16`` runs the new path on bfloat16 weights (A
 matmuls on CPUs that have them) against today's path on ``--dtype``: faster, but no longer
 the same numbers, so the greedy check then measures how often the outputs still agree.
 ``--no-share-prompt`` gives each of a prompt's K rows its own copy of the prompt's keys and
-values (the engine before ``mmdpo.sampling.shared``).
+values (the engine before ``mmdpo.sampling.shared``); ``--baseline copy`` times the new path
+against exactly that instead of transformers' path, and ``--context N`` puts N further train
+prompts before each prompt (long distinct prompts, where one copy per prompt matters most):
+
+    python benchmarks/bench_sampling.py --model DIR --n-prompts 32 --k 4 --max-new-tokens 64 \
+        --context 6 --baseline copy --greedy-prompts 0
 
 Greedy check (``--greedy-prompts``, default 16; 0: off): both paths answer the held-out-style
 prompts greedily (today: ``generate`` in batches of ``--today-batch``) and their token ids
@@ -59,17 +64,24 @@ def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
-def smol_prompts(task: str, count: int, seed: int, split: str) -> list[Any]:
-    """The smol preset's prompts as ``datagen.prompts.PromptItem`` (what ``mmdpo pairs`` reads)."""
+def smol_prompts(task: str, count: int, seed: int, split: str, context: int = 0) -> list[Any]:
+    """The smol preset's prompts as ``datagen.prompts.PromptItem`` (what ``mmdpo pairs`` reads);
+    with ``context``, each prompt has that many further prompts of the split before it (long,
+    distinct prompts, as an image's hundreds of tokens make them)."""
     from datagen.prompts import PromptItem
     from tasks.smol_data import instruction_prompts, word_problems
 
     make = word_problems if task == "math" else instruction_prompts
-    rows = make(count, split=split, seed=seed)
-    return [
-        PromptItem(str(row["id"]), [{"role": "user", "content": row["prompt"]}], [], row, "")
-        for row in rows
-    ]
+    rows = make(count * (context + 1), split=split, seed=seed)
+    items = []
+    for i, row in enumerate(rows[:count]):
+        text = row["prompt"]
+        if context:
+            others = rows[count + i * context : count + (i + 1) * context]
+            examples = "\n\n".join(other["prompt"] for other in others)
+            text = f"Some problems for context:\n{examples}\n\nNow solve this one:\n{text}"
+        items.append(PromptItem(str(row["id"]), [{"role": "user", "content": text}], [], row, ""))
+    return items
 
 
 def todays_generate() -> Any:
@@ -105,7 +117,14 @@ def run_today(loaded: Any, items: list[Any], args: argparse.Namespace) -> dict[s
     return {"samples": stats["n"], "new_tokens": stats["new_tokens"], "texts": texts}
 
 
-def run_new(loaded: Any, items: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+def run_copy(loaded: Any, items: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The new path with a copy of each prompt's keys and values per sample."""
+    return run_new(loaded, items, args, share_prompt=False)
+
+
+def run_new(
+    loaded: Any, items: list[Any], args: argparse.Namespace, share_prompt: bool | None = None
+) -> dict[str, Any]:
     from mmdpo.sampling import sample
 
     result = sample(
@@ -119,7 +138,7 @@ def run_new(loaded: Any, items: list[Any], args: argparse.Namespace) -> dict[str
         top_k=50,
         seed=args.seed,
         batch_size=args.batch_size,
-        share_prompt=not args.no_share_prompt,
+        share_prompt=not args.no_share_prompt if share_prompt is None else share_prompt,
     )
     stats = result.stats
     return {
@@ -297,6 +316,16 @@ def main() -> None:
         action="store_true",
         help="the new path copies each prompt's keys and values into its K rows",
     )
+    parser.add_argument(
+        "--baseline",
+        choices=("today", "copy"),
+        default="today",
+        help="what the new path runs against: transformers' path (today) or the new path with "
+        "a copy of the prompt per sample (copy)",
+    )
+    parser.add_argument(
+        "--context", type=int, default=0, help="further prompts placed before each prompt (0)"
+    )
     parser.add_argument("--greedy-prompts", type=int, default=16, help="0: no greedy check")
     parser.add_argument("--profile", action="store_true", help="profile one run of each path")
     parser.add_argument("--out", help="write every run and the medians to this JSON file")
@@ -315,7 +344,7 @@ def main() -> None:
     loaded = SimpleNamespace(
         model=model.eval(), new_model=new_model.eval(), processing=tokenizer, is_vlm=False
     )
-    items = smol_prompts(args.task, args.n_prompts, args.seed, "train")
+    items = smol_prompts(args.task, args.n_prompts, args.seed, "train", args.context)
     import mmdpo
 
     header = {
@@ -331,18 +360,19 @@ def main() -> None:
     if args.profile:
         profile(loaded, items, args)
         return
+    paths = {"today": run_today, "copy": run_copy, "new": run_new}
+    order = [args.baseline, "new"]
     warm = argparse.Namespace(**{**vars(args), "k": 2, "max_new_tokens": 4})
-    run_today(loaded, items[:2], warm), run_new(loaded, items[:2], warm)  # kernels, caches
-    runs: dict[str, list[dict[str, Any]]] = {"today": [], "new": []}
-    order = ["today", "new"]
+    for name in order:  # kernels, caches
+        paths[name](loaded, items[:2], warm)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
     for repeat in range(args.repeats):
         for name in order if repeat % 2 == 0 else order[::-1]:
-            function = run_today if name == "today" else run_new
-            runs[name].append(timed(function, loaded, items, args))
+            runs[name].append(timed(paths[name], loaded, items, args))
             print(name, json.dumps(runs[name][-1]), flush=True)
     medians = {name: median_row(rows) for name, rows in runs.items()}
     speedup = {
-        key: round(medians["new"][key] / medians["today"][key], 2)
+        key: round(medians["new"][key] / medians[args.baseline][key], 2)
         for key in ("samples_per_s", "tokens_per_s", "samples_per_cpu_s")
     }
     # the same seed must give the same samples: every repeat of a path, the same texts
