@@ -305,8 +305,9 @@ class _Sampler:
         self.model, self.processing, self.prompts = model, processing, prompts
         self.settings, self.is_vlm = settings, is_vlm
         self.call = ModelCall.of(model)
-        self.shared = settings.share_prompt and settings.n > 1
-        self.decoder_configs = decoder_configs(base_model(model)) if self.shared else []
+        # one prompt copy for its samples where the decoder's attention layers can be routed
+        self.decoder_configs = decoder_configs(base_model(model)) if settings.n > 1 else []
+        self.shared = settings.share_prompt and bool(self.decoder_configs)
         self.device = next(model.parameters()).device
         tokenizer = tokenizer_of(processing, is_vlm)
         self.check = FinishCheck(

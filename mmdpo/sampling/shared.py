@@ -60,6 +60,7 @@ class SharedPromptCache(SlotCache):
         self.owner = torch.zeros(slots, dtype=torch.long, device=self.mask.device)
         self.lane = torch.zeros_like(self.owner)
         self.bias: torch.Tensor | None = None
+        self.attended = 0  # layers that ran ``attend`` since the last ``open_column``
         # rows of live slots and their places in the grid (owner * n + lane); None: all rows
         # live and in grid order
         self._scatter: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -127,6 +128,7 @@ class SharedPromptCache(SlotCache):
         allowed = torch.cat([self.prompt_mask[self.owner], window], dim=-1)
         bias = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
         self.bias = bias.masked_fill_(~allowed, float("-inf"))[:, None, None, :]
+        self.attended = 0
         return window
 
     def keep(self, live: list[int]) -> list[int]:
@@ -157,6 +159,7 @@ class SharedPromptCache(SlotCache):
         Returns:
             Shape (slots, 1, query heads, head_dim), as transformers' attention functions.
         """
+        self.attended += 1
         layer = self.layers[layer_index]
         prompt_keys, prompt_values = self.prompt_keys[layer_index], self.prompt_values[layer_index]
         slots, query_heads, _, dim = query.shape
@@ -262,7 +265,8 @@ def decoder_configs(model: Any) -> list[Any]:
 
 @contextmanager
 def attending(configs: list[Any], cache: SharedPromptCache) -> Iterator[None]:
-    """Route the decoder's attention through ``cache`` for one forward."""
+    """Route the decoder's attention through ``cache`` for one forward; raise if a layer
+    did not come (its attention would have missed the prompt)."""
     global _active
     saved = [config._attn_implementation for config in configs]
     for config in configs:
@@ -274,3 +278,8 @@ def attending(configs: list[Any], cache: SharedPromptCache) -> Iterator[None]:
         _active = None
         for config, implementation in zip(configs, saved, strict=True):
             config._attn_implementation = implementation
+    if cache.attended != len(cache.layers):
+        raise RuntimeError(
+            f"{cache.attended} of the model's {len(cache.layers)} attention layers went through "
+            "mmdpo's shared-prompt attention; sample with share_prompt=False for this model"
+        )

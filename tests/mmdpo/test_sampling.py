@@ -681,3 +681,28 @@ def test_shared_prompt_cache_attends_like_each_rows_own_keys_through_reuse_and_k
     assert cache.slots == 3 and cache.prompt_slots == 2
     for _ in range(2):
         step_and_check(cache, [0, 1, 2])
+
+
+def test_a_layer_that_skips_the_shared_prompt_attention_is_an_error(sharp_llama, monkeypatch):
+    """A model whose attention layer does not look up the routed implementation would attend
+    to the generated tokens only; the step that finds fewer routed layers than cache layers
+    raises instead of returning such samples."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    import mmdpo.sampling.shared as shared
+
+    model, tokenizer = sharp_llama
+    real = shared._attention
+
+    def first_layer_bypasses(module, *args, **kwargs):
+        if module.layer_idx == 0 and shared._active is not None:
+            return sdpa_attention_forward(module, *args, **kwargs)
+        return real(module, *args, **kwargs)
+
+    monkeypatch.setitem(
+        shared.AttentionInterface._global_mapping, shared.ATTENTION, first_layer_bypasses
+    )
+    with pytest.raises(RuntimeError, match="shared-prompt attention; sample with share_prompt"):
+        sample(model, tokenizer, [user_prompt("Hi")], n=2, max_new_tokens=4, greedy=False)
+    monkeypatch.undo()
+    assert model.config._attn_implementation == "sdpa"
