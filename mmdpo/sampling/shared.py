@@ -138,7 +138,7 @@ class SharedPromptCache(SlotCache):
         index = torch.tensor(order, device=self.mask.device)
         self.owner, self.lane = self.owner[index], self.lane[index]
         used = sorted({int(p) for p in self.owner.tolist()})
-        if (self.prompt_slots - len(used)) * 4 >= self.prompt_slots:
+        if used and (self.prompt_slots - len(used)) * 4 >= self.prompt_slots:
             keep = torch.tensor(used, device=self.mask.device)
             self.prompt_keys = [keys[keep] for keys in self.prompt_keys]
             self.prompt_values = [values[keep] for values in self.prompt_values]
