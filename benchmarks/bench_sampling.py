@@ -20,10 +20,10 @@ are reported. The runs share one process and one loaded model; ``--threads`` (de
 torch threads. ``--new-dtype bfloat16`` runs the new path on bfloat16 weights (AMX/AVX512-BF16
 matmuls on CPUs that have them) against today's path on ``--dtype``: faster, but no longer
 the same numbers, so the greedy check then measures how often the outputs still agree.
-``--no-share-prompt`` gives each of a prompt's K rows its own copy of the prompt's keys and
-values (the engine before ``mmdpo.sampling.shared``); ``--baseline copy`` times the new path
-against exactly that instead of transformers' path, and ``--context N`` puts N further train
-prompts before each prompt (long distinct prompts, where one copy per prompt matters most):
+``--baseline copy`` times the new path against itself with a copy of each prompt's keys and
+values per sample (the engine before ``mmdpo.sampling.shared``) instead of transformers'
+path, and ``--context N`` puts N further train prompts before each prompt (long distinct
+prompts, where one copy per prompt matters most):
 
     python benchmarks/bench_sampling.py --model DIR --n-prompts 32 --k 4 --max-new-tokens 64 \
         --context 6 --baseline copy --greedy-prompts 0
@@ -123,7 +123,7 @@ def run_copy(loaded: Any, items: list[Any], args: argparse.Namespace) -> dict[st
 
 
 def run_new(
-    loaded: Any, items: list[Any], args: argparse.Namespace, share_prompt: bool | None = None
+    loaded: Any, items: list[Any], args: argparse.Namespace, share_prompt: bool = True
 ) -> dict[str, Any]:
     from mmdpo.sampling import sample
 
@@ -138,7 +138,7 @@ def run_new(
         top_k=50,
         seed=args.seed,
         batch_size=args.batch_size,
-        share_prompt=not args.no_share_prompt if share_prompt is None else share_prompt,
+        share_prompt=share_prompt,
     )
     stats = result.stats
     return {
@@ -311,11 +311,6 @@ def main() -> None:
         "--new-dtype", help="weights dtype of the new path only (e.g. bfloat16; default --dtype)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--no-share-prompt",
-        action="store_true",
-        help="the new path copies each prompt's keys and values into its K rows",
-    )
     parser.add_argument(
         "--baseline",
         choices=("today", "copy"),

@@ -306,8 +306,9 @@ class _Sampler:
         self.settings, self.is_vlm = settings, is_vlm
         self.call = ModelCall.of(model)
         # one prompt copy for its samples where the decoder's attention layers can be routed
-        self.decoder_configs = decoder_configs(base_model(model)) if settings.n > 1 else []
-        self.shared = settings.share_prompt and bool(self.decoder_configs)
+        wanted = settings.share_prompt and settings.n > 1
+        self.decoder_configs = decoder_configs(base_model(model)) if wanted else []
+        self.shared = bool(self.decoder_configs)
         self.device = next(model.parameters()).device
         tokenizer = tokenizer_of(processing, is_vlm)
         self.check = FinishCheck(
