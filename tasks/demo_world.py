@@ -182,7 +182,7 @@ def sft_examples(
     num_scenes: int,
     *,
     extra_object_rate: float = 0.6,
-    false_yes_rate: float = 0.6,
+    false_yes_rate: float = 0.5,
     seed: int = SFT_SEED,
 ) -> list[SFTExample]:
     """A description and balanced yes/no questions per scene, with the two kinds of noise.
