@@ -11,7 +11,8 @@ leaving the batch at once, and seeded per-sample random streams.
 Modules: ``engine`` (the loop and the public types), ``cache`` (the slot cache), ``shared``
 (one copy of a prompt for its samples, and the attention over it), ``choose``
 (greedy and sampled tokens), ``stops`` (EOS, stop strings, the cap), ``inputs`` (prompts,
-position ids, the model's call). Rendering, encoding, EOS ids and stop-string cuts are
+position ids, the model's call), ``spare`` (a finished cache's CPU buffers, kept for the next
+run; ``drop_spare_buffers`` frees them). Rendering, encoding, EOS ids and stop-string cuts are
 today's generation's (``mmdpo.generation``), so both paths see the same tokens.
 """
 
@@ -26,6 +27,7 @@ from mmdpo.sampling.engine import (
     supports,
 )
 from mmdpo.sampling.inputs import ChatPrompt
+from mmdpo.sampling.spare import drop_spare_buffers
 
 __all__ = [
     "ChatPrompt",
@@ -33,6 +35,7 @@ __all__ = [
     "SamplingResult",
     "SamplingSettings",
     "SamplingStats",
+    "drop_spare_buffers",
     "generate_texts",
     "generate_top_k",
     "sample",

@@ -11,6 +11,10 @@ A finished row's slot is reused by a new prompt's prefilled keys (right-aligned 
 so the batch stays full while prompts wait; ``keep`` drops dead slots when none wait (moving
 the last live rows into the holes, so only moved rows are copied).
 Columns on the left that no row uses any more leave the window (``trim``).
+
+The buffers are not zeroed (only the columns a row can see before any step wrote them):
+zeroing touches every page at once, also those of rows that end early. They come from, and
+go back to, ``mmdpo.sampling.spare``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from mmdpo.sampling.spare import give_back, new_buffer
 
 
 def unsupported_layers(config: Any) -> list[str]:
@@ -74,9 +80,9 @@ class SlotCache(DynamicCache):
                     f"batched sampling supports full-attention caches only, not {kind}"
                 )
             batch, heads, _, dim = layer.keys.shape
-            keys = layer.keys.new_zeros(slots, heads, capacity, dim)
-            values = layer.values.new_zeros(slots, heads, capacity, layer.values.shape[-1])
-            layers.append(SlotLayer(self, keys, values))
+            keys = _columns_after(new_buffer(layer.keys, (slots, heads, capacity, dim)), width)
+            values = new_buffer(layer.values, (slots, heads, capacity, layer.values.shape[-1]))
+            layers.append(SlotLayer(self, keys, _columns_after(values, width)))
         Cache.__init__(self, layers=layers)  # DynamicCache's own init builds DynamicLayers
         self.mask = torch.zeros(slots, capacity, dtype=torch.bool, device=layers[0].device)
         self.start = self.end = width
@@ -173,6 +179,14 @@ class SlotCache(DynamicCache):
             self.mask[:, self.start : self.start + first] = False
             self.start += first
 
+    def release(self) -> None:
+        """The cache is done: its buffers go to the spare buffers of ``mmdpo.sampling.spare``
+        (the next cache's); it must not be used again."""
+        give_back(buffer for layer in self.layers
+                  for buffer in (layer.key_buffer, layer.value_buffer))  # fmt: skip
+        for layer in self.layers:
+            layer.key_buffer = layer.value_buffer = layer.keys = layer.values = None
+
     def _resize(self, left: int, right: int) -> None:
         """New buffers with ``left`` more columns before the window and ``right`` more after
         it (columns left of ``start`` are dropped); the window is copied over."""
@@ -182,10 +196,26 @@ class SlotCache(DynamicCache):
         for layer in self.layers:
             for name in ("key_buffer", "value_buffer"):
                 old = getattr(layer, name)
-                new = old.new_zeros(old.shape[0], old.shape[1], capacity, old.shape[3])
+                new = new_buffer(old, (old.shape[0], old.shape[1], capacity, old.shape[3]))
+                new[:, :, :new_start] = 0
                 new[:, :, new_start : new_start + used] = old[:, :, self.start : self.end]
                 setattr(layer, name, new)
         mask = self.mask.new_zeros(self.slots, capacity)
         mask[:, new_start : new_start + used] = self.mask[:, self.start : self.end]
         self.mask = mask
         self.start, self.end = new_start, new_start + used
+
+
+def _columns_after(buffer: torch.Tensor, width: int) -> torch.Tensor:
+    """``buffer`` (slots, heads, capacity, head_dim), uninitialised (new or a spare buffer's
+    old values), with its first ``width`` columns zeroed.
+
+    The columns from ``width`` on are written for every slot (``SlotLayer.update``) before
+    they enter the window, so only the columns that can be read before a write (a slot's
+    columns left of its prompt, masked, and the columns of slots never placed) need values:
+    finite ones, since a masked score is ``q . k - inf`` and a masked value is multiplied by
+    0. Zeroing the whole buffer instead touches every page of it at once, for rows that may
+    end long before their columns come.
+    """
+    buffer[:, :, :width] = 0
+    return buffer

@@ -335,6 +335,9 @@ class _Sampler:
             if self.batch is not None and self.batch.live():
                 self._decode_step()
         self.bar.close()
+        if self.batch is not None:
+            self.batch.cache.release()
+            self.batch = None
         self.stats.seconds = time.perf_counter() - start
         completions = [[c for c in samples if c is not None] for samples in self.results]
         return SamplingResult(completions, self.stats)
@@ -345,6 +348,7 @@ class _Sampler:
         """Prefill waiting prompts into the free slots, if a whole prompt's rows fit."""
         n, batch = self.settings.n, self.batch
         if batch is not None and not batch.live():
+            batch.cache.release()
             self.batch = batch = None
         free = self.settings.batch_size if batch is None else len(batch.dead())
         count = max(free // n, 1 if batch is None else 0)

@@ -61,9 +61,9 @@ class SharedPromptCache(SlotCache):
         self.lane = torch.zeros_like(self.owner)
         self.bias: torch.Tensor | None = None
         self.attended = 0  # layers that ran ``attend`` since the last ``open_column``
-        # rows of live slots and their places in the grid (owner * n + lane); None: all rows
-        # live and in grid order
-        self._scatter: tuple[torch.Tensor, torch.Tensor] | None = None
+        # the row slot each place of the grid (owner * n + lane) reads; None: all rows live
+        # and in grid order
+        self._gather: torch.Tensor | None = None
         self._grid = torch.zeros_like(self.owner)
 
     @property
@@ -182,28 +182,28 @@ class SharedPromptCache(SlotCache):
     def _regrid(self, alive: torch.Tensor) -> None:
         """Places in the grid of the ``alive`` slots' rows. A dead slot (computed until its
         slot is reused or dropped) may share its place with a live row of a reused prompt
-        slot: it is left out of the grid, and what it reads back is ignored."""
+        slot: it is left out of the grid, and what it reads back is ignored. A place no live
+        row has takes a copy of slot 0's row: its scores are never read back."""
         grid = self.owner * self.n + self.lane
         slots = grid.shape[0]
         in_order = self.prompt_slots * self.n == slots and bool(
             (grid == torch.arange(slots, device=grid.device)).all()
         )
         if in_order and bool(alive.all()):
-            self._scatter = None
+            self._gather = None
         else:
             rows = alive.nonzero().squeeze(1)
-            self._scatter = (rows, grid[rows])
+            gather = torch.zeros(self.prompt_slots * self.n, dtype=torch.long, device=grid.device)
+            gather[grid[rows]] = rows
+            self._gather = gather
         self._grid = grid
 
     def _to_grid(self, rows: torch.Tensor) -> torch.Tensor:
         """Per-row tensors (slots, heads, group, X) to (prompt slots, heads, n * group, X):
-        each prompt slot's rows side by side, empty lanes zero."""
+        each prompt slot's rows side by side."""
         _, heads, group, last = rows.shape
-        if self._scatter is not None:
-            grid = rows.new_zeros(self.prompt_slots * self.n, heads, group, last)
-            source, place = self._scatter
-            grid[place] = rows[source]
-            rows = grid
+        if self._gather is not None:
+            rows = rows.index_select(0, self._gather)
         rows = rows.view(self.prompt_slots, self.n, heads, group, last).transpose(1, 2)
         return rows.reshape(self.prompt_slots, heads, self.n * group, last)
 
@@ -212,7 +212,7 @@ class SharedPromptCache(SlotCache):
         heads, last = grid.shape[1], grid.shape[-1]
         grid = grid.view(self.prompt_slots, heads, self.n, group, last).transpose(1, 2)
         rows = grid.reshape(self.prompt_slots * self.n, heads, group, last)
-        return rows if self._scatter is None else rows[self._grid]
+        return rows if self._gather is None else rows.index_select(0, self._grid)
 
     def _resize_prompts(self, slots: int, width: int) -> None:
         """A prompt area of ``slots`` x ``width`` columns, old prompts kept right-aligned."""

@@ -633,6 +633,86 @@ def test_shared_prompts_through_slot_reuse_and_early_ends(sharp_llama, monkeypat
     assert on.attend_calls > 0
 
 
+def test_cache_memory_is_written_before_it_is_read(sharp_llama, monkeypatch):
+    """The slot buffers come uninitialised (new memory, or a spare buffer's old values):
+    filled with NaN here, every run gives the same tokens and finite logits as on clean
+    buffers, through slot reuse (new prompts in slots whose columns an earlier row wrote),
+    early ends (one at the prompt's first token, leaving a slot no row wrote), shrinking and
+    both cache kinds. A masked column that was read would turn
+    its row's scores (``q . k - inf``) or output (``0 * v``) into NaN. (``SlotCache``'s
+    left-widening, which the engine's longest-first order never needs, zeroes its new
+    columns; ``test_slot_cache_places_trims_keeps_and_grows`` reads them.)"""
+    import mmdpo.sampling.cache as cache_module
+    from mmdpo.sampling.spare import drop_spare_buffers
+
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS]
+    runs = {
+        "shared": {"n": 3, "batch_size": 6},
+        "copied": {"n": 3, "batch_size": 6, "share_prompt": False},
+        "one per prompt": {"n": 1, "batch_size": 2},
+    }
+    common = {"max_new_tokens": 12, "greedy": False, "temperature": 1.0, "seed": 4}
+    real = cache_module.new_buffer
+
+    def poisoned(like, shape):
+        return real(like, shape).fill_(float("nan"))
+
+    for name, options in runs.items():
+        drop_spare_buffers()
+        probe = sample(model, tokenizer, prompts, **common, **options)
+        counts: dict[int, int] = {}
+        for samples in probe.completions:
+            for completion in samples:
+                for token in completion.token_ids[1:6]:
+                    counts[token] = counts.get(token, 0) + 1
+        options = {**options, "eos_ids": [max(counts, key=counts.get)]}  # uneven ends
+        if options["n"] == 1:
+            # the longest prompt (admitted first) ends at its first token: a slot that no
+            # row has written yet goes to a waiting, shorter prompt
+            longest = max(range(len(prompts)), key=lambda i: len(PROMPTS[i]))
+            options["eos_ids"].append(probe.completions[longest][0].token_ids[0])
+        clean, _, clean_stats = sampled_ids(model, tokenizer, prompts, monkeypatch,
+                                            **common, **options)  # fmt: skip
+        monkeypatch.setattr(cache_module, "new_buffer", poisoned)
+        dirty, recorder, stats = sampled_ids(model, tokenizer, prompts, monkeypatch,
+                                             **common, **options)  # fmt: skip
+        assert dirty == clean, name
+        assert all(bool(logits.isfinite().all()) for logits in recorder.logits), name
+        assert stats.prefill_forwards > 1 and stats.decode_rows == clean_stats.decode_rows
+        lengths = {len(ids) for samples in dirty for ids in samples}
+        assert len(lengths) > 1, f"{name}: rows end at different steps"
+        assert options["n"] > 1 or 1 in lengths, "a row ended at its first token"
+    drop_spare_buffers()
+
+
+def test_spare_buffers_are_reused_and_bounded():
+    """A finished cache's CPU buffers serve the next cache (the same memory), the smallest
+    that fits first; the spare holds at most the bytes last given back."""
+    from mmdpo.sampling import spare
+
+    spare.drop_spare_buffers()
+    like = torch.zeros(1)
+    big = spare.new_buffer(like, (4, 3, 10, 8))
+    small = spare.new_buffer(like, (2, 3, 10, 8))
+    assert spare.spare_bytes() == 0
+    spare.give_back([big, small[:1]])  # a view of a buffer gives back the whole buffer
+    assert spare.spare_bytes() == (960 + 480) * 4
+    again = spare.new_buffer(like, (1, 3, 10, 8))  # the smallest that fits: small's memory
+    assert again.data_ptr() == small.data_ptr() and again.shape == (1, 3, 10, 8)
+    wider = spare.new_buffer(like, (4, 3, 10, 8))
+    assert wider.data_ptr() == big.data_ptr()
+    assert spare.spare_bytes() == 0
+    fresh = spare.new_buffer(like, (5, 3, 10, 8))
+    assert fresh.data_ptr() not in (big.data_ptr(), small.data_ptr())
+    assert spare.new_buffer(torch.zeros(1, dtype=torch.float64), (2,)).dtype == torch.float64
+    spare.give_back([wider])
+    spare.give_back([again])  # the latest give-back is smaller: the larger buffer goes
+    assert spare.spare_bytes() == 480 * 4
+    spare.drop_spare_buffers()
+    assert spare.spare_bytes() == 0
+
+
 def test_shared_prompt_cache_attends_like_each_rows_own_keys_through_reuse_and_keep():
     """``SharedPromptCache.attend`` against attention over each row's own list of keys and
     values (its prompt's real tokens, then its generated ones), step by step: after a
@@ -686,7 +766,7 @@ def test_shared_prompt_cache_attends_like_each_rows_own_keys_through_reuse_and_k
     first, mask, _ = prefill(2, 3, 1)
     cache = SharedPromptCache(first, slots=4, n=n, capacity=2)
     place(cache, [0, 1, 2, 3], [0, 0, 1, 1], width=3, padded=1, live=[])
-    assert cache._scatter is None, "a full batch in grid order needs no scatter"
+    assert cache._gather is None, "a full batch in grid order needs no gather"
     for _ in range(3):
         step_and_check(cache, [0, 1, 2, 3])
     # prompt 1 (slots 2, 3) and the row in slot 0 end; a wider prompt takes slots 0 and 2 and

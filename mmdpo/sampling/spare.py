@@ -1,0 +1,85 @@
+"""Key/value buffers of finished sampling runs, kept for the next run of this process.
+
+A sampling run's cache is large (``slots x columns x layers x 2 x kv_heads x head_dim``:
+about 0.8 GB in float32 for SmolLM2-135M at 128 rows of 128 new tokens), and memory freshly
+taken from the operating system costs a page fault per 4 KiB page on first touch. On some
+virtual machines (this project's test VM among them) memory a process has just returned is
+slow to take back: the same run took 20 s on memory the process had kept and 27-28 s on
+memory it had just freed and taken again (``docs/sampling.md``). So a finished cache hands
+its CPU buffers back here, and the next cache takes them instead of new memory, as CUDA's
+caching allocator does on a GPU (buffers on other devices are not kept).
+
+At most the bytes of the latest cache given back are held; ``drop_spare_buffers`` frees
+them (the trainer, for one, has better use for the memory). Buffers come back with
+whatever values they held: ``SlotCache`` writes every column before attention reads it,
+or zeroes it (``mmdpo.sampling.cache``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Sequence
+
+import torch
+
+_lock = threading.Lock()
+_spare: list[torch.Tensor] = []  # flat CPU tensors
+
+
+def new_buffer(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` with ``like``'s dtype and device: on CPU a view of
+    the smallest spare flat buffer that holds it (else of a new one)."""
+    numel = math.prod(shape)
+    if like.device.type != "cpu":
+        return like.new_empty(tuple(shape))
+    with _lock:
+        fits = [i for i, flat in enumerate(_spare)
+                if flat.dtype == like.dtype and flat.numel() >= numel]  # fmt: skip
+        flat = _spare.pop(min(fits, key=lambda i: _spare[i].numel())) if fits else None
+    if flat is None:
+        flat = like.new_empty(numel)
+    return flat[:numel].view(tuple(shape))
+
+
+def give_back(buffers: Iterable[torch.Tensor]) -> None:
+    """Keep the flat CPU buffers under ``buffers`` (from ``new_buffer``) for later caches;
+    their owner must not use them again. The spare then holds at most these buffers' bytes
+    (the largest buffers first)."""
+    flats: dict[int, torch.Tensor] = {}
+    for buffer in buffers:
+        flat = buffer if buffer._base is None else buffer._base
+        if flat.device.type == "cpu" and flat.dim() == 1:
+            flats[id(flat)] = flat
+    if not flats:
+        return
+    limit = sum(_nbytes(flat) for flat in flats.values())
+    with _lock:
+        known = {id(flat) for flat in _spare}
+        pool = sorted(
+            [*_spare, *(flat for key, flat in flats.items() if key not in known)],
+            key=_nbytes,
+            reverse=True,
+        )
+        _spare.clear()
+        held = 0
+        for flat in pool:
+            if held + _nbytes(flat) <= limit:
+                _spare.append(flat)
+                held += _nbytes(flat)
+
+
+def drop_spare_buffers() -> None:
+    """Free every spare buffer."""
+    with _lock:
+        _spare.clear()
+
+
+def spare_bytes() -> int:
+    """Bytes the spare buffers hold."""
+    with _lock:
+        return sum(_nbytes(flat) for flat in _spare)
+
+
+def _nbytes(flat: torch.Tensor) -> int:
+    return flat.numel() * flat.element_size()
