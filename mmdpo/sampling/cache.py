@@ -197,7 +197,7 @@ class SlotCache(DynamicCache):
             for name in ("key_buffer", "value_buffer"):
                 old = getattr(layer, name)
                 new = new_buffer(old, (old.shape[0], old.shape[1], capacity, old.shape[3]))
-                new[:, :, :new_start] = 0
+                new = _columns_after(new, new_start)
                 new[:, :, new_start : new_start + used] = old[:, :, self.start : self.end]
                 setattr(layer, name, new)
         mask = self.mask.new_zeros(self.slots, capacity)

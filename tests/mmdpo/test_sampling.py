@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -567,6 +568,21 @@ class StepLogits:
         monkeypatch.setattr(SharedPromptCache, "attend", counted)
 
 
+@contextmanager
+def poisoned_cache_buffers():
+    """The slot caches' buffers filled with NaN when taken (standing for new memory or a
+    spare buffer's old values): a masked column that attention read would turn its row's
+    scores (``q . k - inf``) or output (``0 * v``) into NaN."""
+    import mmdpo.sampling.cache as cache_module
+
+    real = cache_module.new_buffer
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            cache_module, "new_buffer", lambda like, shape: real(like, shape).fill_(float("nan"))
+        )
+        yield
+
+
 def sampled_ids(model, processing, prompts, monkeypatch, **options):
     recorder = StepLogits(monkeypatch)
     result = sample(model, processing, prompts, **options)
@@ -590,10 +606,11 @@ def test_shared_prompt_attention_equals_a_copy_per_sample(sharp_model_dir, famil
         "n": 3, "max_new_tokens": 10, "greedy": False, "temperature": 0.8, "seed": 5,
         "batch_size": 9, "is_vlm": info.is_vlm,
     }  # fmt: skip
-    shared, on, stats = sampled_ids(model, processing, prompts, monkeypatch, **options)
-    copied, off, _ = sampled_ids(
-        model, processing, prompts, monkeypatch, **options, share_prompt=False
-    )
+    with poisoned_cache_buffers():  # every column attention reads was written (or zeroed)
+        shared, on, stats = sampled_ids(model, processing, prompts, monkeypatch, **options)
+        copied, off, _ = sampled_ids(
+            model, processing, prompts, monkeypatch, **options, share_prompt=False
+        )
     layers = model.config.get_text_config().num_hidden_layers
     assert on.attend_calls == layers * stats.decode_steps > 0 and off.attend_calls == 0
     configs = decoder_configs(model)
@@ -601,6 +618,7 @@ def test_shared_prompt_attention_equals_a_copy_per_sample(sharp_model_dir, famil
     assert configs[0]._attn_implementation == "sdpa", "restored after every decode step"
     assert shared == copied
     assert len(on.logits) == len(off.logits)
+    assert all(bool(logits.isfinite().all()) for logits in on.logits + off.logits)
     for a, b in zip(on.logits, off.logits, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert len({tuple(ids) for samples in shared for ids in samples}) > len(prompts)
@@ -642,7 +660,6 @@ def test_cache_memory_is_written_before_it_is_read(sharp_llama, monkeypatch):
     its row's scores (``q . k - inf``) or output (``0 * v``) into NaN. (``SlotCache``'s
     left-widening, which the engine's longest-first order never needs, zeroes its new
     columns; ``test_slot_cache_places_trims_keeps_and_grows`` reads them.)"""
-    import mmdpo.sampling.cache as cache_module
     from mmdpo.sampling.spare import drop_spare_buffers
 
     model, tokenizer = sharp_llama
@@ -653,11 +670,6 @@ def test_cache_memory_is_written_before_it_is_read(sharp_llama, monkeypatch):
         "one per prompt": {"n": 1, "batch_size": 2},
     }
     common = {"max_new_tokens": 12, "greedy": False, "temperature": 1.0, "seed": 4}
-    real = cache_module.new_buffer
-
-    def poisoned(like, shape):
-        return real(like, shape).fill_(float("nan"))
-
     for name, options in runs.items():
         drop_spare_buffers()
         probe = sample(model, tokenizer, prompts, **common, **options)
@@ -674,9 +686,9 @@ def test_cache_memory_is_written_before_it_is_read(sharp_llama, monkeypatch):
             options["eos_ids"].append(probe.completions[longest][0].token_ids[0])
         clean, _, clean_stats = sampled_ids(model, tokenizer, prompts, monkeypatch,
                                             **common, **options)  # fmt: skip
-        monkeypatch.setattr(cache_module, "new_buffer", poisoned)
-        dirty, recorder, stats = sampled_ids(model, tokenizer, prompts, monkeypatch,
-                                             **common, **options)  # fmt: skip
+        with poisoned_cache_buffers():
+            dirty, recorder, stats = sampled_ids(model, tokenizer, prompts, monkeypatch,
+                                                 **common, **options)  # fmt: skip
         assert dirty == clean, name
         assert all(bool(logits.isfinite().all()) for logits in recorder.logits), name
         assert stats.prefill_forwards > 1 and stats.decode_rows == clean_stats.decode_rows
