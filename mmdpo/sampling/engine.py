@@ -35,6 +35,7 @@ from mmdpo.sampling.inputs import (
     ignored_generation_settings,
     render,
 )
+from mmdpo.sampling.packed import PackedLinears
 from mmdpo.sampling.prefill import prefill
 from mmdpo.sampling.shared import SharedPromptCache, attending, decoder_configs
 from mmdpo.sampling.stops import FinishCheck
@@ -57,6 +58,8 @@ class SamplingSettings:
             batch holds ``max(batch_size, n)`` rows at most).
         share_prompt: with ``n`` above 1, the samples of a prompt attend to one copy of its
             keys and values (``mmdpo.sampling.shared``) instead of one copy each.
+        pack_weights: on CPU, the decode steps multiply by float32 linear weights packed once
+            for MKL (``mmdpo.sampling.packed``; a copy of those weights while sampling runs).
     """
 
     max_new_tokens: int
@@ -69,6 +72,7 @@ class SamplingSettings:
     stop: tuple[str, ...] = ()
     batch_size: int = 32
     share_prompt: bool = True
+    pack_weights: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -115,6 +119,8 @@ class SamplingStats:
         decode_steps, decode_rows: decode forward calls and the rows they computed.
         live_rows: rows computed for a sample still going (decode_rows minus dead slots).
         prefill_seconds: wall time of the prefills (encoding and images included).
+        packed_linears: linear layers whose decode steps used packed weights
+            (``mmdpo.sampling.packed``; 0: none).
     """
 
     prompts: int = 0
@@ -129,6 +135,7 @@ class SamplingStats:
     decode_rows: int = 0
     live_rows: int = 0
     prefill_seconds: float = 0.0
+    packed_linears: int = 0
 
     @property
     def samples_per_s(self) -> float:
@@ -175,6 +182,7 @@ def sample(
     stop: Sequence[str] = (),
     batch_size: int = 32,
     share_prompt: bool = True,
+    pack_weights: bool = True,
     is_vlm: bool = False,
     eos_ids: Sequence[int] | None = None,
     progress: bool = False,
@@ -195,7 +203,7 @@ def sample(
     """
     settings = SamplingSettings(
         max_new_tokens, n, greedy, temperature, top_k, top_p, seed, tuple(stop), batch_size,
-        share_prompt,
+        share_prompt, pack_weights,
     )  # fmt: skip
     model.eval()
     ignored = ignored_generation_settings(model)
@@ -324,16 +332,25 @@ class _Sampler:
         self.stats = SamplingStats(prompts=len(prompts), samples=len(prompts) * settings.n)
         self.batch: _Batch | None = None
         self.bar: Any = None
+        self.packed: PackedLinears | None = None
 
     def run(self, progress: bool, desc: str) -> SamplingResult:
         from tqdm.auto import tqdm
 
         start = time.perf_counter()
         self.bar = tqdm(total=self.stats.samples, desc=desc, unit="sample", disable=not progress)
-        while self.queue or (self.batch is not None and self.batch.live()):
-            self._admit()
-            if self.batch is not None and self.batch.live():
-                self._decode_step()
+        if self.settings.pack_weights and self.device.type == "cpu":
+            self.packed = PackedLinears(self.model)
+            self.stats.packed_linears = len(self.packed.modules)
+        try:
+            while self.queue or (self.batch is not None and self.batch.live()):
+                self._admit()
+                if self.batch is not None and self.batch.live():
+                    self._decode_step()
+        finally:
+            if self.packed is not None:
+                self.packed.release()
+                self.packed = None
         self.bar.close()
         if self.batch is not None:
             self.batch.cache.release()
@@ -433,7 +450,8 @@ class _Sampler:
         batch = self.batch
         mask = batch.cache.open_column(grow=max(16, self.settings.max_new_tokens // 2))
         route = attending(self.decoder_configs, batch.cache) if self.shared else nullcontext()
-        with route:
+        packed = self.packed.using() if self.packed is not None else nullcontext()
+        with route, packed:
             logits = forward(
                 self.model,
                 self.call,

@@ -23,19 +23,25 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from mmdpo.sampling.packed import drop_packed_weights
+
 _lock = threading.Lock()
 _spare: list[torch.Tensor] = []  # flat CPU tensors
 
 
 def new_buffer(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """An uninitialised tensor of ``shape`` with ``like``'s dtype and device: on CPU a view of
-    the smallest spare flat buffer that holds it (else of a new one)."""
+    the smallest spare flat buffer that holds it (else of a new one). A spare buffer from
+    ``torch.inference_mode`` (the sampler's) serves only inside it: outside, PyTorch refuses
+    in-place writes to such a tensor."""
     numel = math.prod(shape)
     if like.device.type != "cpu":
         return like.new_empty(tuple(shape))
+    inference = torch.is_inference_mode_enabled()
     with _lock:
         fits = [i for i, flat in enumerate(_spare)
-                if flat.dtype == like.dtype and flat.numel() >= numel]  # fmt: skip
+                if flat.dtype == like.dtype and flat.numel() >= numel
+                and (inference or not flat.is_inference())]  # fmt: skip
         flat = _spare.pop(min(fits, key=lambda i: _spare[i].numel())) if fits else None
     if flat is None:
         flat = like.new_empty(numel)
@@ -43,19 +49,25 @@ def new_buffer(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 
 def give_back(buffers: Iterable[torch.Tensor]) -> None:
-    """Keep the flat CPU buffers under ``buffers`` (from ``new_buffer``) for later caches;
-    their owner must not use them again. The spare then holds at most these buffers' bytes
-    (the largest buffers first)."""
+    """Keep the CPU memory under ``buffers`` (from ``new_buffer``: views of a flat buffer)
+    for later caches; their owner must not use them again. The spare then holds at most
+    these buffers' bytes (the largest buffers first).
+
+    The flat buffer is found through the views' storage, not ``Tensor._base``: views made
+    under ``torch.inference_mode`` (the sampler's) do not record their base."""
     flats: dict[int, torch.Tensor] = {}
     for buffer in buffers:
-        flat = buffer if buffer._base is None else buffer._base
-        if flat.device.type == "cpu" and flat.dim() == 1:
-            flats[id(flat)] = flat
+        if buffer is None or buffer.device.type != "cpu":
+            continue
+        storage = buffer.untyped_storage()
+        if storage.data_ptr() not in flats:
+            size = (storage.nbytes() // buffer.element_size(),)
+            flats[storage.data_ptr()] = buffer.new_empty(0).set_(storage, 0, size)
     if not flats:
         return
     limit = sum(_nbytes(flat) for flat in flats.values())
     with _lock:
-        known = {id(flat) for flat in _spare}
+        known = {flat.data_ptr() for flat in _spare}
         pool = sorted(
             [*_spare, *(flat for key, flat in flats.items() if key not in known)],
             key=_nbytes,
@@ -70,9 +82,10 @@ def give_back(buffers: Iterable[torch.Tensor]) -> None:
 
 
 def drop_spare_buffers() -> None:
-    """Free every spare buffer."""
+    """Free every spare buffer (and the packed weights kept by ``mmdpo.sampling.packed``)."""
     with _lock:
         _spare.clear()
+    drop_packed_weights()
 
 
 def spare_bytes() -> int:

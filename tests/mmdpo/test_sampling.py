@@ -698,11 +698,27 @@ def test_cache_memory_is_written_before_it_is_read(sharp_llama, monkeypatch):
     drop_spare_buffers()
 
 
-def test_spare_buffers_are_reused_and_bounded():
+@pytest.mark.parametrize("inference_mode", [False, True])
+def test_spare_buffers_are_reused_and_bounded(inference_mode):
     """A finished cache's CPU buffers serve the next cache (the same memory), the smallest
-    that fits first; the spare holds at most the bytes last given back."""
+    that fits first; the spare holds at most the bytes last given back. Also under
+    ``torch.inference_mode`` (the sampler's), where views do not record their base."""
     from mmdpo.sampling import spare
 
+    with torch.inference_mode(inference_mode):
+        _check_spare_buffers(spare)
+    with torch.inference_mode():
+        spare.give_back([spare.new_buffer(torch.zeros(1), (4, 3))])
+    assert spare.spare_bytes() == 48
+    outside = spare.new_buffer(torch.zeros(1), (4, 3))
+    assert spare.spare_bytes() == 48, "an inference-mode buffer serves only in inference mode"
+    outside.fill_(1.0)
+    with torch.inference_mode():
+        assert spare.new_buffer(torch.zeros(1), (2, 3)).is_inference()
+    assert spare.spare_bytes() == 0
+
+
+def _check_spare_buffers(spare):
     spare.drop_spare_buffers()
     like = torch.zeros(1)
     big = spare.new_buffer(like, (4, 3, 10, 8))
