@@ -12,7 +12,8 @@ Modules: ``engine`` (the loop and the public types), ``cache`` (the slot cache),
 (one copy of a prompt for its samples, and the attention over it), ``choose``
 (greedy and sampled tokens), ``stops`` (EOS, stop strings, the cap), ``inputs`` (prompts,
 position ids, the model's call), ``spare`` (a finished cache's CPU buffers, kept for the next
-run; ``drop_spare_buffers`` frees them). Rendering, encoding, EOS ids and stop-string cuts are
+run; ``drop_spare_buffers`` frees them), ``packed`` (float32 linear weights packed once for
+MKL's GEMM, for the decode steps on CPU). Rendering, encoding, EOS ids and stop-string cuts are
 today's generation's (``mmdpo.generation``), so both paths see the same tokens.
 """
 
