@@ -35,7 +35,7 @@ from mmdpo.sampling.inputs import (
     ignored_generation_settings,
     render,
 )
-from mmdpo.sampling.packed import PackedLinears
+from mmdpo.sampling.packed import MIN_ROWS, PackedLinears
 from mmdpo.sampling.prefill import prefill
 from mmdpo.sampling.shared import SharedPromptCache, attending, decoder_configs
 from mmdpo.sampling.stops import FinishCheck
@@ -58,8 +58,10 @@ class SamplingSettings:
             batch holds ``max(batch_size, n)`` rows at most).
         share_prompt: with ``n`` above 1, the samples of a prompt attend to one copy of its
             keys and values (``mmdpo.sampling.shared``) instead of one copy each.
-        pack_weights: on CPU, the decode steps multiply by float32 linear weights packed once
-            for MKL (``mmdpo.sampling.packed``; a copy of those weights while sampling runs).
+        pack_weights: on CPU, when a batch can hold ``packed.MIN_ROWS`` rows, the decode
+            steps multiply by float32 linear weights packed once for MKL
+            (``mmdpo.sampling.packed``: a copy of those weights, kept for the next run until
+            ``drop_spare_buffers``).
     """
 
     max_new_tokens: int
@@ -119,8 +121,8 @@ class SamplingStats:
         decode_steps, decode_rows: decode forward calls and the rows they computed.
         live_rows: rows computed for a sample still going (decode_rows minus dead slots).
         prefill_seconds: wall time of the prefills (encoding and images included).
-        packed_linears: linear layers whose decode steps used packed weights
-            (``mmdpo.sampling.packed``; 0: none).
+        packed_linears: linear layers given packed weights for the decode steps (used in
+            steps of ``packed.MIN_ROWS`` rows or more; 0: none).
     """
 
     prompts: int = 0
@@ -339,7 +341,8 @@ class _Sampler:
 
         start = time.perf_counter()
         self.bar = tqdm(total=self.stats.samples, desc=desc, unit="sample", disable=not progress)
-        if self.settings.pack_weights and self.device.type == "cpu":
+        widest = min(max(self.settings.batch_size, self.settings.n), self.stats.samples)
+        if self.settings.pack_weights and self.device.type == "cpu" and widest >= MIN_ROWS:
             self.packed = PackedLinears(self.model)
             self.stats.packed_linears = len(self.packed.modules)
         try:

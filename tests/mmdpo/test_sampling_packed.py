@@ -147,3 +147,6 @@ def test_sampling_with_packed_weights_gives_the_same_tokens(sharp_model_dir, fam
     )
     assert [c[0].token_ids for c in greedy.completions] == ids
     assert all("forward" not in m.__dict__ for m in model.modules())
+    narrow = sample(model, processing, many, **{**options, "batch_size": packed.MIN_ROWS - 1})
+    assert narrow.stats.packed_linears == 0, "no batch wide enough: nothing packed"
+    assert [c[0].token_ids for c in narrow.completions] == ids
