@@ -7,7 +7,7 @@ packing each weight once (``cblas_sgemm_pack``, PyTorch's ``mkl::_mkl_reorder_li
 what ``torch.compile`` uses for frozen float32 linears) and multiplying with
 ``cblas_sgemm_compute`` (``mkl::_mkl_linear``) made the linear layers of SmolLM2-135M
 10-20 % faster at 16-128 rows on this project's test machine, with bitwise the same results
-there (``docs/sampling.md``, "Huge pages and packed weights").
+there (``docs/sampling.md``, "Packed weights, and the spare buffers that were never kept").
 
 ``PackedLinears(model)`` packs the weights of the model's plain ``torch.nn.Linear`` layers
 (float32, on CPU; subclasses such as bitsandbytes' and PEFT's wrappers are left alone, a
@@ -21,10 +21,9 @@ copies cost as much memory as the weights; models whose linear weights exceed
 
 The packed copies of the latest model stay for the next run (one model's at a time; a weight
 that is another tensor, or changed since by its version counter or its storage, is packed
-again): taking hundreds
-of megabytes of fresh memory for every run costs seconds on some virtual machines, as the
-cache's buffers did (``mmdpo.sampling.spare``). ``drop_packed_weights`` (and
-``mmdpo.sampling.drop_spare_buffers``) frees them.
+again): taking hundreds of megabytes of fresh memory for every run costs seconds on some
+virtual machines, as the cache's buffers did (``mmdpo.sampling.spare``).
+``drop_packed_weights`` (and ``mmdpo.sampling.drop_spare_buffers``) frees them.
 """
 
 from __future__ import annotations
@@ -83,7 +82,7 @@ class PackedLinears:
         self.active = False
         self.modules: list[torch.nn.Linear] = []
         candidates = [m for m in model.modules() if _packable(m)]
-        weights = {m.weight.data_ptr(): m.weight for m in candidates}  # tied weights once
+        weights = {id(m.weight): m.weight for m in candidates}  # a tied weight once
         total = sum(w.numel() * w.element_size() for w in weights.values())
         if not candidates or total > max_bytes or not packing_works():
             return
@@ -92,18 +91,18 @@ class PackedLinears:
             _kept.clear()  # what this model does not use again is freed now
         packs: dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            for ptr, weight in weights.items():
+            for name, weight in weights.items():
                 owner, packed = kept.get(_key(weight), (None, None))
                 if owner is None or owner() is not weight:
                     packed = _pack(weight)
-                packs[ptr] = packed
+                packs[name] = packed
         del kept
         for module in candidates:
-            module.forward = _PackedForward(self, module, packs[module.weight.data_ptr()])
+            module.forward = _PackedForward(self, module, packs[id(module.weight)])
             self.modules.append(module)
         with _lock:
-            for ptr, weight in weights.items():
-                _kept[_key(weight)] = (weakref.ref(weight), packs[ptr])
+            for name, weight in weights.items():
+                _kept[_key(weight)] = (weakref.ref(weight), packs[name])
 
     @contextmanager
     def using(self) -> Iterator[None]:
@@ -115,7 +114,8 @@ class PackedLinears:
             self.active = False
 
     def release(self) -> None:
-        """Give the layers their own forward back and drop the packed weights."""
+        """Give the layers their own forward back (the packed copies stay kept for the next
+        run; ``drop_packed_weights`` frees them)."""
         for module in self.modules:
             if isinstance(module.__dict__.get("forward"), _PackedForward):
                 del module.forward

@@ -3,12 +3,12 @@
 A sampling run's cache is large (``slots x columns x layers x 2 x kv_heads x head_dim``:
 about 0.8 GB in float32 for SmolLM2-135M at 128 rows of 128 new tokens), and memory freshly
 taken from the operating system costs a page fault per 4 KiB page on first touch. On some
-virtual machines (this project's test VM among them) that is slow: there a process's first
-sampling run faulted in 2.27 GB (5.7 s of system time) and took 22.9 s, its later runs, on
-these kept buffers (and kept packed weights), 0.16 GB and 17.4-17.8 s (``docs/sampling.md``,
-"Packed weights"). So a finished cache hands its CPU buffers back here, and the next cache
-takes them instead of new memory, as CUDA's caching allocator does on a GPU (buffers on
-other devices are not kept).
+virtual machines (this project's test VM among them) that can be slow: there a process's
+first sampling run once faulted in 2.27 GB (5.7 s of system time) and took 22.9 s, its later
+runs, on these kept buffers (and kept packed weights), 0.16 GB and 17.4-17.8 s; how slow
+varies with the VM's state (``docs/sampling.md``, "Packed weights"). So a finished cache
+hands its CPU buffers back here, and the next cache takes them instead of new memory, as
+CUDA's caching allocator does on a GPU (buffers on other devices are not kept).
 
 At most the bytes of the latest cache given back are held; ``drop_spare_buffers`` frees
 them (the trainer, for one, has better use for the memory). Buffers come back with
