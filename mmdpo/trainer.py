@@ -249,8 +249,8 @@ def train(
     check_model_source(config.model.name_or_path, "model.name_or_path")
     facts = model_facts(config)  # the model's config, read once for the whole run
     check_run(config, loss.spec, train_samples + list(eval_samples or []), facts)
-    # sampling earlier in this process (a preset's pairs stage) kept its cache's buffers for
-    # the next sampling run; training has better use for that memory
+    # sampling earlier in this process (a preset's pairs stage) kept its cache's buffers and
+    # packed weights for the next sampling run; training has better use for that memory
     from mmdpo.sampling import drop_spare_buffers
 
     drop_spare_buffers()

@@ -730,6 +730,36 @@ def test_spare_buffers_are_reused_and_bounded(inference_mode):
     assert spare.spare_bytes() == 0
 
 
+def test_a_sampling_run_leaves_its_buffers_for_the_next(sharp_llama):
+    """Through the engine (which runs under ``torch.inference_mode``): a finished run's cache
+    buffers are kept, the next run takes them instead of new memory, and
+    ``drop_spare_buffers`` frees them."""
+    from mmdpo.sampling import spare
+
+    model, tokenizer = sharp_llama
+    prompts = [user_prompt(text) for text in PROMPTS[:3]]
+    spare.drop_spare_buffers()
+    first = sample(model, tokenizer, prompts, n=2, max_new_tokens=6, batch_size=6)
+    kept = spare.spare_bytes()
+    assert kept > 0
+    fresh = []
+    with pytest.MonkeyPatch.context() as patch:
+        real = spare.new_buffer
+
+        def counted(like, shape):
+            before = spare.spare_bytes()
+            buffer = real(like, shape)
+            fresh.append(spare.spare_bytes() == before)
+            return buffer
+
+        patch.setattr("mmdpo.sampling.cache.new_buffer", counted)
+        again = sample(model, tokenizer, prompts, n=2, max_new_tokens=6, batch_size=6)
+    assert fresh and not any(fresh), "every buffer of the second run came from the spare"
+    assert again.texts() == first.texts() and spare.spare_bytes() == kept
+    spare.drop_spare_buffers()
+    assert spare.spare_bytes() == 0
+
+
 def _check_spare_buffers(spare):
     spare.drop_spare_buffers()
     like = torch.zeros(1)
