@@ -227,6 +227,48 @@ def test_a_shared_system_prompt_is_prefilled_once(sharp_model_dir, family):
     assert [c.token_ids for c in alone] == ids
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+@pytest.mark.parametrize("system", [False, True], ids=["user", "system"])
+def test_a_prefill_in_groups_of_rows_equals_one_forward(
+    sharp_model_dir, family, system, monkeypatch
+):
+    """Text-only prompts go through the model a few rows at a time (``PREFILL_TOKENS``): the
+    joined keys and values and the last logits are one forward's, a shared system prompt is
+    still computed once, M-RoPE positions (Qwen2-VL's text-only prompts) are cut by row, and
+    the greedy samples stay the same."""
+    from mmdpo.generation import encode_batch
+    from mmdpo.sampling import prefill as prefill_module
+    from mmdpo.sampling.inputs import ModelCall, base_model
+
+    model, processing, info = load_model(sharp_model_dir(family))
+    prompts = [(system_prompt if system else user_prompt)(text) for text in PROMPTS]
+    texts = [render(processing, prompt, is_vlm=info.is_vlm) for prompt in prompts]
+    inputs = encode_batch(processing, texts, prompts, info.is_vlm)
+    inputs = {key: value.to(DEVICE) for key, value in inputs.items()}
+    call, config = ModelCall.of(model), base_model(model).config
+    options = {"max_new_tokens": 12, "batch_size": 5, "is_vlm": info.is_vlm}
+    with torch.inference_mode():
+        whole = prefill_module.prefill(model, call, config, inputs)
+    expected = [c[0].token_ids for c in sample(model, processing, prompts, **options).completions]
+    assert whole.forwards == 1 + system and (whole.shared > 0) == system
+    rest = inputs["input_ids"].shape[1] - whole.shared
+    monkeypatch.setattr(prefill_module, "PREFILL_TOKENS", 2 * rest + 1)  # 2 rows a forward
+    with torch.inference_mode():
+        groups = prefill_module.prefill(model, call, config, inputs)
+    grouped = sample(model, processing, prompts, **options)
+    assert groups.forwards == system + 3 and grouped.stats.prefill_forwards == system + 3
+    assert groups.shared == whole.shared
+    assert torch.equal(groups.mask, whole.mask)
+    assert torch.equal(groups.next_positions, whole.next_positions)
+    torch.testing.assert_close(groups.logits, whole.logits, rtol=1e-5, atol=1e-5)
+    assert len(groups.cache.layers) == len(whole.cache.layers)
+    for ours, theirs in zip(groups.cache.layers, whole.cache.layers, strict=True):
+        assert ours.keys.shape == theirs.keys.shape == (len(prompts), *theirs.keys.shape[1:])
+        torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours.values, theirs.values, rtol=1e-5, atol=1e-5)
+    assert [c[0].token_ids for c in grouped.completions] == expected
+
+
 def test_prefix_first_moves_the_padding_after_the_shared_prefix():
     from mmdpo.sampling.prefill import prefix_first, shared_prefix
 
