@@ -227,15 +227,16 @@ def test_a_shared_system_prompt_is_prefilled_once(sharp_model_dir, family):
     assert [c.token_ids for c in alone] == ids
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", *VLM_FAMILIES])
 @pytest.mark.parametrize("system", [False, True], ids=["user", "system"])
 def test_a_prefill_in_groups_of_rows_equals_one_forward(
     sharp_model_dir, family, system, monkeypatch
 ):
     """Text-only prompts go through the model a few rows at a time (``PREFILL_TOKENS``): the
     joined keys and values and the last logits are one forward's, a shared system prompt is
-    still computed once, M-RoPE positions (Qwen2-VL's text-only prompts) are cut by row, and
-    the greedy samples stay the same."""
+    still computed once, M-RoPE positions (the text-only prompts of Qwen2-VL and Qwen2.5-VL)
+    are cut by row, and the greedy samples stay the same; on every family (a VLM's text-only
+    prompts are grouped, image prompts are not)."""
     from mmdpo.generation import encode_batch
     from mmdpo.sampling import prefill as prefill_module
     from mmdpo.sampling.inputs import ModelCall, base_model
