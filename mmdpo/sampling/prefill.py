@@ -8,14 +8,15 @@ every row, and only the rest of each prompt is computed. The rows are then laid 
 columns for every row, and the mask and the position ids (which count real tokens only) make
 the padding in the middle invisible, as on the left.
 
-A text-only batch goes through the model in groups of rows of at most ``PREFILL_TOKENS``
-tokens, and their caches are joined. The intermediate activations of one forward over every
-row (32 prompts of 52 tokens: tensors of 10 MB, about 1.3 GB allocated and freed per
-prefill of SmolLM2-135M) come back from the allocator as fresh pages, and fresh pages can be
-slow: on the VM this was measured on, such a prefill took 1.2 s to 9 s from one run to the
-next; groups of 8 rows took 1.3 s each time (docs/sampling.md, "Prefill in groups of rows").
-Each row sees the same padded width as in one forward, so only the matrix products' row
-count changes.
+On CPU, a text-only batch goes through the model in groups of rows of at most
+``PREFILL_TOKENS`` tokens, and their caches are joined. The intermediate activations of one
+forward over every row (32 prompts of 52 tokens: tensors of 10 MB, about 1.3 GB allocated and
+freed per prefill of SmolLM2-135M) come back from the allocator as fresh pages, and fresh
+pages can be slow: on the VM this was measured on, such a prefill took 1.2 s to 9 s from one
+run to the next; groups of 8 rows took 1.3-1.8 s (docs/sampling.md, "Prefill in groups of
+rows"). Each row sees the same padded width as in one forward, so only the matrix products'
+row count changes. On a GPU the caching allocator keeps freed memory, and a wider forward
+uses the device better, so a batch stays one forward there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from transformers.cache_utils import DynamicCache
 from mmdpo.sampling.inputs import ModelCall, forward, prefill_positions
 
 MIN_SHARED = 8  # shorter common prefixes are not worth a second forward
-PREFILL_TOKENS = 512  # new tokens (rows x columns) per forward of a text-only prefill
+PREFILL_TOKENS = 512  # new tokens (rows x columns) per forward of a text-only prefill on CPU
 
 
 @dataclass
@@ -55,8 +56,8 @@ class Prefilled:
 
 def prefill(model: Any, call: ModelCall, config: Any, inputs: dict[str, torch.Tensor]) -> Prefilled:
     """Prefill left-padded ``inputs`` (a processor's or tokenizer's output), sharing the
-    common prefix of text-only prompts and computing text-only rows in groups of at most
-    ``PREFILL_TOKENS`` tokens."""
+    common prefix of text-only prompts and computing text-only rows on CPU in groups of at
+    most ``PREFILL_TOKENS`` tokens."""
     text_only = set(inputs) == {"input_ids", "attention_mask"}
     shared = shared_prefix(inputs) if text_only else 0
     if shared < MIN_SHARED:
@@ -90,8 +91,8 @@ def _in_groups(
     mask: torch.Tensor,
     position_ids: torch.Tensor,
 ) -> tuple[DynamicCache, torch.Tensor, int]:
-    """Rows ``ids`` (after the ``head`` cache's columns, if any) through the model in groups
-    of at most ``PREFILL_TOKENS`` tokens; (the caches joined, the last logits, forwards).
+    """Rows ``ids`` (after the ``head`` cache's columns, if any) through the model, on CPU in
+    groups of at most ``PREFILL_TOKENS`` tokens; (the caches joined, the last logits, forwards).
 
     Args:
         head: keys and values of one row, the prefix every row continues; None: none.
@@ -99,7 +100,7 @@ def _in_groups(
         position_ids: positions of the ``ids`` columns. Shape: (P, T) or (R, P, T).
     """
     count, width = ids.shape
-    step = max(1, PREFILL_TOKENS // width)
+    step = max(1, PREFILL_TOKENS // width) if ids.device.type == "cpu" else count
     caches, logits = [], []
     for start in range(0, count, step):
         rows = slice(start, min(start + step, count))

@@ -257,7 +257,8 @@ def test_a_prefill_in_groups_of_rows_equals_one_forward(
     with torch.inference_mode():
         groups = prefill_module.prefill(model, call, config, inputs)
     grouped = sample(model, processing, prompts, **options)
-    assert groups.forwards == system + 3 and grouped.stats.prefill_forwards == system + 3
+    forwards = system + (3 if DEVICE.type == "cpu" else 1)  # a GPU keeps one forward
+    assert groups.forwards == forwards and grouped.stats.prefill_forwards == forwards
     assert groups.shared == whole.shared
     assert torch.equal(groups.mask, whole.mask)
     assert torch.equal(groups.next_positions, whole.next_positions)
